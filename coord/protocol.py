@@ -41,7 +41,7 @@ from typing import Any, Final, NoReturn
 
 import cbor2
 
-from coord.errors import BadArgumentsError
+from coord.errors import BadArgumentsError, UnimplementedError
 
 PROTOCOL_VERSION: Final = 1
 WATCH_XID: Final = -1
@@ -65,12 +65,13 @@ class ProtocolError(Exception):
     """A frame that is malformed, oversized or of the wrong shape.
 
     ``xid`` is set when the frame was a well-formed request array whose xid could be
-    read, so the server can answer with a typed error instead of closing.
+    read, so the server can answer with a typed error (``code``) instead of closing.
     """
 
-    def __init__(self, message: str, *, xid: int | None = None) -> None:
+    def __init__(self, message: str, *, xid: int | None = None, code: int = BadArgumentsError.code) -> None:
         super().__init__(message)
         self.xid = xid
+        self.code = code
 
 
 # --- enums -----------------------------------------------------------------------
@@ -616,7 +617,11 @@ def decode_request(item: Any) -> tuple[int, Request]:
     if type(xid) is not int or not -(1 << 31) <= xid < (1 << 31):
         raise ProtocolError("xid must be a 32-bit integer")
     try:
-        op = _enum(Op, item[1], "op")
+        try:
+            op = _enum(Op, item[1], "op")
+        except ProtocolError as error:
+            error.code = UnimplementedError.code
+            raise
         if op is Op.CHECK:
             raise ProtocolError("check is allowed only inside a multi")
         return xid, _decode_op(op, item[2:])
@@ -844,8 +849,11 @@ class FrameReader:
                 end = offset + 4 + length
                 if len(buffer) < end:
                     break
-                yield bytes(buffer[offset + 4 : end])
+                body = bytes(buffer[offset + 4 : end])
+                # Consume before yielding: a consumer that stops early (returns from
+                # its loop) must not see this frame again.
                 offset = end
+                yield body
         finally:
             del buffer[:offset]
 

@@ -1,0 +1,245 @@
+"""Side-by-side benchmark: coord against ZooKeeper 3.8 on this machine, same workload, same client process.
+
+Usage (from the repository root)::
+
+    make bench                          # or:
+    .venv/bin/python -m bench.run       # or: .venv/bin/python bench/run.py
+    .venv/bin/python -m bench.run --ops 2000 --seconds 10 --systems coord
+
+It starts a throwaway standalone ZooKeeper (skipped, with a message, if it is not installed:
+``apt-get install zookeeper``) and runs the phases of :mod:`bench.load` against it with kazoo;
+then starts a throwaway standalone ``coord serve`` subprocess and runs the same phases with
+our trio client. Both servers listen on 127.0.0.1 only, keep their data in temp dirs that are
+deleted afterwards, and fsync before acknowledging a write. It prints one table
+(phase | ZooKeeper (kazoo) | coord | ratio coord/ZK) and writes the full results as JSON to
+``bench/results/`` (git-ignored).
+
+Exit status: 0 if every system that is installed was measured without errors, 1 otherwise,
+130 on Ctrl-C (servers are stopped and temp dirs removed in every case).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python bench/run.py`: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import trio
+
+from bench import load
+from bench._process import log_tail
+from bench.coord_server import CoordNotAvailableError, CoordStartError, run_coord
+from bench.zk_server import ZooKeeperNotInstalledError, ZooKeeperStartError, run_zookeeper
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ZOOKEEPER = "zookeeper"
+COORD = "coord"
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    defaults = load.Workload()
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", type=int, default=defaults.ops_per_phase, help="operations per phase")
+    parser.add_argument("--seconds", type=float, default=defaults.seconds_per_phase, help="time bound per phase")
+    parser.add_argument("--value-bytes", type=int, default=defaults.value_bytes, help="size of each znode value")
+    parser.add_argument("--warmup", type=int, default=defaults.warmup_ops, help="unreported warm-up operations")
+    parser.add_argument(
+        "--systems",
+        default=f"{ZOOKEEPER},{COORD}",
+        help=f"comma-separated subset of {ZOOKEEPER},{COORD} to measure",
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR, help="directory for the JSON report")
+    args = parser.parse_args(argv)
+    args.systems = [name.strip() for name in args.systems.split(",") if name.strip()]
+    unknown = set(args.systems) - {ZOOKEEPER, COORD}
+    if unknown:
+        parser.error(f"unknown system(s) {sorted(unknown)}; choose from {ZOOKEEPER}, {COORD}")
+    if args.ops <= 0 or args.seconds <= 0 or args.value_bytes < 0 or args.warmup < 0:
+        parser.error("--ops and --seconds must be positive, --value-bytes and --warmup not negative")
+    return args
+
+
+def _command_output(command: list[str], *, cwd: Path | None = None) -> str | None:
+    """First line of a command's output (stdout, else stderr), or None if it cannot run."""
+    try:
+        done = subprocess.run(command, capture_output=True, timeout=10, check=False, cwd=cwd, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = (done.stdout or done.stderr).decode(errors="replace").strip().splitlines()
+    return lines[0] if done.returncode == 0 and lines else None
+
+
+def _describe(error: BaseException) -> str:
+    """``Type: message`` of an error, looking inside exception groups (trio wraps errors in them)."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return f"{type(error).__name__}: {error}"
+
+
+def _measure_zookeeper(workload: load.Workload, report: dict[str, Any]) -> bool:
+    """Run the phases against ZooKeeper; fill ``report``. Returns False on a failure (not on a skip)."""
+    try:
+        import kazoo  # noqa: F401  (only checking that it is installed)
+    except ImportError:
+        report["notes"][ZOOKEEPER] = "skipped: kazoo is not installed (pip install -e '.[bench]')"
+        print(f"ZooKeeper: {report['notes'][ZOOKEEPER]}", file=sys.stderr)
+        return True
+    try:
+        with run_zookeeper() as server:
+            print(f"ZooKeeper {server.version} at {server.connect_string} (kazoo, threading handler)", file=sys.stderr)
+            report["servers"][ZOOKEEPER] = {
+                "version": server.version,
+                "java": _command_output(["java", "-version"]),
+                "client": f"kazoo {importlib.metadata.version('kazoo')}",
+            }
+            try:
+                results = load.run_kazoo_phases(server.connect_string, workload)
+            except Exception:
+                print(f"ZooKeeper log:\n{log_tail(server.work_dir / 'log' / 'zookeeper.log')}", file=sys.stderr)
+                raise
+    except ZooKeeperNotInstalledError as error:
+        report["notes"][ZOOKEEPER] = f"skipped: {error}"
+        print(f"ZooKeeper: {report['notes'][ZOOKEEPER]}", file=sys.stderr)
+        return True
+    except ZooKeeperStartError as error:
+        report["notes"][ZOOKEEPER] = f"failed: {error}"
+        return False
+    except Exception as error:
+        report["notes"][ZOOKEEPER] = f"failed: {_describe(error)}"
+        traceback.print_exc()
+        return False
+    report["results"][ZOOKEEPER] = [result.as_dict() for result in results]
+    return all(result.errors == 0 for result in results)
+
+
+def _measure_coord(workload: load.Workload, report: dict[str, Any]) -> bool:
+    """Run the phases against a coord subprocess; fill ``report``. Returns False on a failure (not on a skip)."""
+    try:
+        with run_coord() as server:
+            print(f"coord at {server.connect_string} (trio client)", file=sys.stderr)
+            report["servers"][COORD] = {
+                "git": _command_output(["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT)
+            }
+            try:
+                results = trio.run(load.run_coord_phases, server.connect_string, workload)
+            except Exception:
+                print(f"coord server log:\n{log_tail(server.work_dir / 'server.log')}", file=sys.stderr)
+                raise
+    except CoordNotAvailableError as error:
+        report["notes"][COORD] = f"skipped: {error}"
+        print(f"coord: {report['notes'][COORD]}", file=sys.stderr)
+        return True
+    except CoordStartError as error:
+        report["notes"][COORD] = f"failed: {error}"
+        return False
+    except Exception as error:
+        report["notes"][COORD] = f"failed: {_describe(error)}"
+        traceback.print_exc()
+        return False
+    report["results"][COORD] = [result.as_dict() for result in results]
+    return all(result.errors == 0 for result in results)
+
+
+def _format_number(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if unit == "ops/s" else f"{value:.2f}"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The comparison table: one row per phase and metric, ZooKeeper and coord side by side.
+
+    Ratios are coord / ZooKeeper: above 1 is better for ops/s, worse for latencies.
+    """
+    by_system = {system: {row["phase"]: row for row in rows} for system, rows in report["results"].items()}
+    header = ("phase", "metric", "ZooKeeper (kazoo)", "coord", "ratio coord/ZK")
+    rows: list[tuple[str, ...]] = []
+    for phase in load.PHASES:
+        for metric, unit in (("ops_per_s", "ops/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")):
+            zk = by_system.get(ZOOKEEPER, {}).get(phase.name, {}).get(metric)
+            coord = by_system.get(COORD, {}).get(phase.name, {}).get(metric)
+            ratio = f"{coord / zk:.2f}x" if zk and coord is not None else "-"
+            rows.append((phase.name, unit, _format_number(zk, unit), _format_number(coord, unit), ratio))
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return " | ".join(
+            cell.ljust(width) if column < 2 else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    separator = "-+-".join("-" * width for width in widths)
+    legend = "ratio = coord / ZooKeeper: higher is better for ops/s, lower is better for p50/p99 latency."
+    return "\n".join([line(header), separator, *(line(row) for row in rows), "", legend])
+
+
+def _terminate_like_ctrl_c(signum: int, frame: object) -> None:
+    """SIGTERM handler: clean up exactly as on Ctrl-C (stop the servers, delete temp dirs).
+
+    Re-raised as SIGINT when something handles SIGINT (Python's default handler, or trio's
+    inside ``trio.run``, which delivers it safely); a second SIGTERM kills at once.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if callable(signal.getsignal(signal.SIGINT)):
+        signal.raise_signal(signal.SIGINT)
+    else:  # SIGINT is ignored (started in the background by a script)
+        raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; return the process exit status."""
+    args = _parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate_like_ctrl_c)
+    workload = load.Workload(
+        ops_per_phase=args.ops, seconds_per_phase=args.seconds, value_bytes=args.value_bytes, warmup_ops=args.warmup
+    )
+    started = datetime.datetime.now(datetime.UTC)
+    report: dict[str, Any] = {
+        "started_at": started.isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "workload": asdict(workload),
+        "phases": {phase.name: phase.description for phase in load.PHASES},
+        "servers": {},
+        "results": {},
+        "notes": {},
+    }
+    ok = True
+    try:
+        if ZOOKEEPER in args.systems:
+            ok = _measure_zookeeper(workload, report) and ok
+        if COORD in args.systems:
+            ok = _measure_coord(workload, report) and ok
+    except KeyboardInterrupt:
+        print("interrupted; servers stopped, temp dirs removed", file=sys.stderr)
+        return 130
+    print()
+    print(format_table(report))
+    for system, note in report["notes"].items():
+        print(f"note: {system}: {note}")
+    args.output.mkdir(parents=True, exist_ok=True)
+    path = args.output / f"bench-{started:%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results written to {path}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

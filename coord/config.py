@@ -1,0 +1,347 @@
+"""Server configuration: a TOML file, command-line overrides, one clear error.
+
+A complete file, with every key at its default (all keys are optional)::
+
+    [server]
+    id = 1                          # 1..255, unique in the ensemble
+    data_dir = "coord-data"         # LMDB log and snapshots; "~" is expanded
+    listen = "127.0.0.1:2281"       # HOST:PORT, [IPV6]:PORT or :PORT (loopback); port 0 = ephemeral
+    tick_ms = 1000                  # the unit of session expiry (and, later, of Zab timeouts)
+    max_connections = 10000         # client connections accepted at once
+
+    [sessions]
+    min_timeout_ms = 2000           # default 2 * tick_ms
+    max_timeout_ms = 20000          # default 20 * tick_ms
+
+    [storage]
+    snapshot_every_txns = 100000    # take a snapshot after this many txns
+    snapshots_retained = 3          # snapshots (and the log they need) kept on disk
+    log_map_bytes = 1073741824      # LMDB map size: the most the log can ever hold
+
+    [limits]
+    data_bytes_max = 1048576        # largest znode value (ZooKeeper's jute.maxbuffer)
+
+Loading is :func:`load_config`: read the file (if any), apply ``overrides`` (dotted
+keys such as ``"server.listen"``, as the CLI's flags give them), check every key and
+value, derive what was left out, and build a frozen :class:`ServerConfig`. Anything
+wrong raises :class:`ConfigError` whose message starts with the key at fault
+(``server.tick_ms: must be a positive integer, got 'abc'``), suggests the nearest
+known key for a misspelt one, and names the file and line for a TOML syntax error.
+
+Session bounds follow ZooKeeper: when not given they are 2 and 20 ticks. A bound
+that is given wins over the derived other one (``min_timeout_ms = 30000`` alone
+raises the default maximum to 30000 rather than failing on a key the operator never
+wrote); two explicit bounds with min > max are an error.
+
+The ``[ensemble]`` table (the other servers of a replicated ensemble) is reserved
+and refused for now. ``fault_hooks`` is for tests and cannot be set from a file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from coord.protocol import FRAME_OVERHEAD_BYTES
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message names the key (or file) at fault."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """Everything one server needs to know to start.
+
+    Build it with :func:`load_config`, which checks every value and derives the
+    session bounds from ``tick_ms``. Constructing it directly (tests) takes the
+    fields as given.
+    """
+
+    data_dir: Path = Path("coord-data")
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 2281  # 0 = ephemeral (tests)
+    server_id: int = 1
+    tick_ms: int = 1000
+    min_session_timeout_ms: int = 2000  # default 2 ticks
+    max_session_timeout_ms: int = 20000  # default 20 ticks
+    data_bytes_max: int = 1 << 20
+    snapshot_every_txns: int = 100_000
+    snapshots_retained: int = 3
+    log_map_bytes: int = 1 << 30
+    max_connections: int = 10_000
+    fault_hooks: bool = False  # tests only; not settable from TOML
+
+    @property
+    def listen(self) -> str:
+        """The listen address as ``HOST:PORT`` (IPv6 hosts in brackets)."""
+        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        return f"{host}:{self.listen_port}"
+
+
+_DEFAULTS = ServerConfig()  # slotted dataclasses keep no defaults on the class
+
+
+# --- values ---------------------------------------------------------------------------
+
+_LOOPBACK = "127.0.0.1"
+
+# ZooKeeper puts the server id in the top byte of the session ids it hands out.
+_SERVER_ID_MAX = 255
+# A frame's length is a 4-byte prefix, and a value must fit in one frame.
+_DATA_BYTES_MAX_LIMIT = (1 << 32) - 1 - FRAME_OVERHEAD_BYTES
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split a listen address: ``host:port``, ``[v6addr]:port`` or ``:port`` (loopback).
+
+    Returns:
+        ``(host, port)``, with the brackets of an IPv6 address removed.
+
+    Raises:
+        ConfigError: not one of those shapes, or the port is not in 0..65535.
+    """
+    if not isinstance(value, str):
+        raise ConfigError(f"expected 'HOST:PORT', got {value!r}")
+    if value.startswith("["):
+        close = value.find("]")
+        if close < 0 or value[close + 1 : close + 2] != ":":
+            raise ConfigError(f"expected '[IPV6]:PORT', got {value!r}")
+        host, port_text = value[1:close], value[close + 2 :]
+        if not host:
+            raise ConfigError(f"empty IPv6 address in {value!r}")
+    else:
+        host, colon, port_text = value.rpartition(":")
+        if not colon:
+            raise ConfigError(f"expected 'HOST:PORT', got {value!r} (no port)")
+        if ":" in host:
+            raise ConfigError(f"put an IPv6 address in brackets, as '[::1]:2281', got {value!r}")
+        host = host or _LOOPBACK
+    if not port_text.isascii() or not port_text.isdigit():
+        raise ConfigError(f"port must be a number, got {port_text!r} in {value!r}")
+    port = int(port_text)
+    if port > 65535:
+        raise ConfigError(f"port must be in 0..65535, got {port} in {value!r}")
+    return host, port
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _integer(key: str, value: object, *, low: int, high: int | None = None, what: str) -> int:
+    if type(value) is not int or value < low or (high is not None and value > high):
+        raise ConfigError(f"{key}: must be {what}, got {_describe(value)}")
+    return value
+
+
+def _positive(key: str, value: object) -> int:
+    return _integer(key, value, low=1, what="a positive integer")
+
+
+def _string(key: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}: must be a non-empty string, got {_describe(value)}")
+    return value
+
+
+# --- the schema -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    """One TOML key: how to check its value and which ServerConfig fields it sets."""
+
+    check: Callable[[str, object], dict[str, object]]
+    is_int: bool = True  # a string override (from the command line) is parsed as an int
+
+
+def _field(name: str, check: Callable[[str, object], object] = _positive) -> Callable[[str, object], dict[str, object]]:
+    return lambda key, value: {name: check(key, value)}
+
+
+def _check_server_id(key: str, value: object) -> int:
+    return _integer(key, value, low=1, high=_SERVER_ID_MAX, what=f"an integer in 1..{_SERVER_ID_MAX}")
+
+
+def _check_data_dir(key: str, value: object) -> dict[str, object]:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    return {"data_dir": Path(_string(key, value)).expanduser()}
+
+
+def _check_listen(key: str, value: object) -> dict[str, object]:
+    try:
+        host, port = parse_listen(_string(key, value))
+    except ConfigError as error:
+        raise ConfigError(f"{key}: {error}") from None
+    return {"listen_host": host, "listen_port": port}
+
+
+def _check_data_bytes_max(key: str, value: object) -> int:
+    return _integer(key, value, low=1, high=_DATA_BYTES_MAX_LIMIT, what=f"an integer in 1..{_DATA_BYTES_MAX_LIMIT}")
+
+
+_SCHEMA: dict[str, dict[str, _Key]] = {
+    "server": {
+        "id": _Key(_field("server_id", _check_server_id)),
+        "data_dir": _Key(_check_data_dir, is_int=False),
+        "listen": _Key(_check_listen, is_int=False),
+        "tick_ms": _Key(_field("tick_ms")),
+        "max_connections": _Key(_field("max_connections")),
+    },
+    "sessions": {
+        "min_timeout_ms": _Key(_field("min_session_timeout_ms")),
+        "max_timeout_ms": _Key(_field("max_session_timeout_ms")),
+    },
+    "storage": {
+        "snapshot_every_txns": _Key(_field("snapshot_every_txns")),
+        "snapshots_retained": _Key(_field("snapshots_retained")),
+        "log_map_bytes": _Key(_field("log_map_bytes")),
+    },
+    "limits": {
+        "data_bytes_max": _Key(_field("data_bytes_max", _check_data_bytes_max)),
+    },
+}
+
+_RESERVED_TABLES = {"ensemble": "multi-server ensembles are not supported yet"}
+
+# names operators reach for that difflib would not connect to ours
+_ALIASES = {name: "server.listen" for name in ("port", "host", "address", "bind", "client_port")}
+
+_ALL_KEYS = [f"{table}.{key}" for table, keys in _SCHEMA.items() for key in keys]
+
+
+def _closest(name: str, choices: list[str]) -> str | None:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _unknown_key(dotted: str) -> ConfigError:
+    """The error for a table or key not in the schema, with the nearest known name."""
+    table, _, key = dotted.partition(".")
+    if table in _RESERVED_TABLES:
+        return ConfigError(f"{table}: {_RESERVED_TABLES[table]}")
+    if table not in _SCHEMA:
+        guess = _closest(table, list(_SCHEMA))
+        return ConfigError(f"{table}: unknown table" + (f" (did you mean [{guess}]?)" if guess else ""))
+    # a misspelling within the table, then a common alias, then the same key in another
+    # table (``[server] min_timeout_ms``), then a misspelling of a key in another table
+    near = _closest(key, list(_SCHEMA[table]))
+    guess = f"{table}.{near}" if near else _ALIASES.get(key)
+    guess = guess or next((full for full in _ALL_KEYS if full.endswith("." + key)), None)
+    if guess is None:
+        elsewhere = {full.partition(".")[2]: full for full in _ALL_KEYS}
+        near = _closest(key, list(elsewhere))
+        guess = elsewhere[near] if near else None
+    return ConfigError(f"{dotted}: unknown key" + (f" (did you mean {guess!r}?)" if guess else ""))
+
+
+# --- loading --------------------------------------------------------------------------
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config file: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8 ({error.reason})") from None
+    except tomllib.TOMLDecodeError as error:
+        # the message ends "(at line L, column C)"
+        raise ConfigError(f"{path}: invalid TOML: {error}") from None
+
+
+def _flatten(document: Mapping[str, Any]) -> dict[str, object]:
+    """``{"server": {"id": 1}}`` -> ``{"server.id": 1}``, refusing unknown names."""
+    flat: dict[str, object] = {}
+    for table, body in document.items():
+        if table in _RESERVED_TABLES or table not in _SCHEMA:
+            raise _unknown_key(table)
+        if not isinstance(body, dict):
+            raise ConfigError(f"{table}: must be a table ([{table}]), got {_describe(body)}")
+        for key, value in body.items():
+            dotted = f"{table}.{key}"
+            if key not in _SCHEMA[table]:
+                raise _unknown_key(dotted)
+            flat[dotted] = value
+    return flat
+
+
+def _from_override(dotted: str, value: object) -> object:
+    """An override's value, with command-line strings for integer keys parsed."""
+    table, dot, key = dotted.partition(".")
+    if not dot:
+        raise ConfigError(f"{dotted}: overrides take dotted keys (TABLE.KEY), such as 'server.listen'")
+    spec = _SCHEMA.get(table, {}).get(key)
+    if spec is None:
+        raise _unknown_key(dotted)
+    if spec.is_int and isinstance(value, str):
+        text = value.strip().replace("_", "")
+        if text.lstrip("+-").isascii() and text.lstrip("+-").isdigit():
+            return int(text)
+    return value
+
+
+def load_config(path: Path | None = None, *, overrides: Mapping[str, object] | None = None) -> ServerConfig:
+    """Build the server configuration from a TOML file and command-line overrides.
+
+    Args:
+        path: the TOML file, or None for defaults only.
+        overrides: dotted TOML keys (``"server.listen"``, ``"sessions.max_timeout_ms"``)
+            applied over the file. None values are skipped, so a CLI can pass every
+            flag through; string values for integer keys are parsed as integers.
+
+    Returns:
+        The checked, complete configuration.
+
+    Raises:
+        ConfigError: the file is missing or not TOML, or a key is unknown, of the
+            wrong type or out of range; the message names the file or key.
+    """
+    flat = _flatten(_read(Path(path))) if path is not None else {}
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            flat[dotted] = _from_override(dotted, value)
+
+    values: dict[str, object] = {}
+    for dotted, value in flat.items():
+        table, _, key = dotted.partition(".")
+        values.update(_SCHEMA[table][key].check(dotted, value))
+
+    tick_ms = values.get("tick_ms", _DEFAULTS.tick_ms)
+    assert isinstance(tick_ms, int)
+    has_min = "min_session_timeout_ms" in values
+    has_max = "max_session_timeout_ms" in values
+    minimum = values["min_session_timeout_ms"] if has_min else 2 * tick_ms
+    maximum = values["max_session_timeout_ms"] if has_max else 20 * tick_ms
+    assert isinstance(minimum, int) and isinstance(maximum, int)
+    if minimum > maximum:
+        if has_min and has_max:
+            raise ConfigError(
+                f"sessions.min_timeout_ms: must not exceed sessions.max_timeout_ms, got {minimum} > {maximum}"
+            )
+        # only one bound was written: the derived other one gives way
+        minimum, maximum = (minimum, minimum) if has_min else (maximum, maximum)
+    values["min_session_timeout_ms"] = minimum
+    values["max_session_timeout_ms"] = maximum
+    return ServerConfig(**values)  # type: ignore[arg-type]
+
+
+def config_keys() -> list[str]:
+    """Every dotted key a config file or override may set (for help and completion)."""
+    return list(_ALL_KEYS)
+
+
+__all__ = ["ConfigError", "ServerConfig", "config_keys", "load_config", "parse_listen"]

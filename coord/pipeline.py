@@ -1,0 +1,544 @@
+"""The request pipeline of one server: decode -> prepare -> order -> apply -> reply.
+
+Theory of operation
+    The :class:`Pipeline` is a pure state machine (no sockets, no disk, no clock).
+    The trio shell (:mod:`coord.server`) feeds it *inputs* and carries out its
+    *outputs*:
+
+    inputs
+        ``open_connection`` (a client's handshake), ``request`` (one decoded
+        request frame), ``close_connection`` (the socket went away),
+        ``committed`` (these txns are durable and ordered: apply them),
+        ``persist_failed`` (the disk refused these txns), ``tick`` (time passed).
+    outputs (:class:`Output`, taken with :meth:`Pipeline.take_output`)
+        ``frames``: encoded frames per connection (replies, watch events, handshake
+        answers), in the order they must be sent; ``proposals``: txns to make
+        durable and order (standalone: append to the log; ensemble: hand to ZAB);
+        ``close``: connections to close once their frames are flushed.
+
+    Writes become txns here (via :class:`coord.prepare.Preparer`), are proposed,
+    and are applied to the tree only when ``committed`` says they are durable
+    (CORRECTNESS rule 4: nothing is applied that is not durable). Reads are
+    served from the applied tree.
+
+Per-session order (FIFO)
+    Each connection keeps a queue of requests not yet answered. A read that
+    arrives while an earlier write of the same session is still in flight waits
+    in that queue and is served right after that write is applied, so a session
+    always reads its own writes. Answers leave in request order.
+
+Watches
+    Applying a txn yields watch triggers; events are queued on the watchers'
+    connections *before* the reply to the txn's requester, so a client sees a
+    watch event before the answer of any later request (DESIGN's contract).
+
+Sessions
+    A new session is a ``CreateSessionTxn``; its id is the zxid of that txn, so
+    every server agrees on it with no id scheme of its own. Until it commits, the
+    handshake is matched to the connection by the random password the connection's
+    server chose (unique per connection attempt). Only the server that orders
+    writes expires sessions: it proposes a ``CloseSessionTxn``, whose application
+    deletes the session's ephemerals everywhere.
+
+Left out here (later issues): forwarding writes to a leader, ACLs, quotas.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from coord import protocol
+from coord.errors import (
+    BadArgumentsError,
+    CoordError,
+    NoNodeError,
+    NoWatcherError,
+    ServerBehindError,
+    SessionExpiredError,
+    SessionMovedError,
+    UnimplementedError,
+)
+from coord.prepare import Preparer
+from coord.protocol import (
+    AddWatchMode,
+    AddWatchRequest,
+    CloseSessionRequest,
+    ConnectRequest,
+    ConnectResponse,
+    CreateRequest,
+    DeleteRequest,
+    ExistsRequest,
+    GetChildrenRequest,
+    GetDataRequest,
+    MultiRequest,
+    PingRequest,
+    RemoveWatchesRequest,
+    Request,
+    SetDataRequest,
+    SetWatchesRequest,
+    SyncRequest,
+    WatchEvent,
+)
+from coord.sessions import SessionTracker
+from coord.tree import DataTree
+from coord.txn import CloseSessionTxn, CreateSessionTxn, Txn, make_zxid
+from coord.watches import WatchKind, WatchManager, replay_missed
+
+log = logging.getLogger(__name__)
+
+_encode_frame = protocol.encode_frame
+
+
+class EntryKind(enum.Enum):
+    WRITE = 1  # waits for its txn to be applied
+    READ = 2  # served when it reaches the head of the queue
+
+
+@dataclass(slots=True)
+class _Entry:
+    """One request of a connection that has not been answered yet."""
+
+    xid: int
+    kind: EntryKind
+    request: Request | None
+    frame: bytes | None = None  # the answer, once known
+    close_after: bool = False
+    zxid: int = 0  # a write's txn
+
+
+@dataclass(slots=True)
+class _Connection:
+    conn_id: int
+    session_id: int = 0  # 0 until the handshake completes
+    password: bytes = b""
+    timeout_ms: int = 0
+    queue: collections.deque[_Entry] = field(default_factory=collections.deque)
+    closed: bool = False
+
+
+@dataclass(slots=True)
+class Output:
+    """What the pipeline produced since the last :meth:`Pipeline.take_output`."""
+
+    frames: list[tuple[int, bytes]] = field(default_factory=list)
+    proposals: list[Txn] = field(default_factory=list)
+    close: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PipelineConfig:
+    server_id: int = 1
+    tick_ms: int = 1000
+    min_session_timeout_ms: int = 2000
+    max_session_timeout_ms: int = 20000
+    data_bytes_max: int = protocol.DATA_BYTES_MAX_DEFAULT
+
+
+class Pipeline:
+    """One server's request pipeline. No I/O: the shell feeds inputs, carries out outputs."""
+
+    def __init__(
+        self,
+        tree: DataTree,
+        config: PipelineConfig,
+        *,
+        rng: random.Random,
+        now_ms: int,
+        epoch: int,
+        wall_offset_ms: int = 0,
+    ) -> None:
+        """Args:
+        tree: the applied state (recovered from disk).
+        config: limits and timeouts.
+        rng: the source of session passwords.
+        now_ms: the current time on the monotonic clock that all later inputs use.
+        epoch: the epoch this server orders writes in (already durable).
+        wall_offset_ms: added to monotonic times to get the wall-clock times that
+            txns record as ctime/mtime (sessions expire on the monotonic clock, so a
+            wall-clock jump cannot expire them).
+        """
+        self.tree = tree
+        self.config = config
+        self.preparer = Preparer(tree, data_bytes_max=config.data_bytes_max)
+        self.sessions = SessionTracker(
+            tick_ms=config.tick_ms,
+            min_timeout_ms=config.min_session_timeout_ms,
+            max_timeout_ms=config.max_session_timeout_ms,
+        )
+        self.watches = WatchManager()
+        self._rng = rng
+        self._conns: dict[int, _Connection] = {}
+        self._conn_of_session: dict[int, _Connection] = {}
+        self._handshakes: dict[bytes, _Connection] = {}  # password -> connection awaiting CreateSession
+        self._out = Output()
+        self._now_ms = now_ms
+        self._wall_offset_ms = wall_offset_ms
+        self.epoch = epoch
+        self.preparer.reset(self._zxid_floor())
+        # Sessions restored from a snapshot/log get a fresh full timeout (as ZooKeeper
+        # does after a restart or an election): their clients need time to reconnect.
+        for record in tree.sessions.values():
+            self.sessions.add(record.session_id, record.timeout_ms, now_ms)
+
+    def _zxid_floor(self) -> int:
+        """The next zxid to assign when nothing is pending: after the applied tree,
+        and never below the first zxid of the current epoch."""
+        return max(self.tree.last_zxid + 1, make_zxid(self.epoch, 1))
+
+    def _wall(self, now_ms: int) -> int:
+        return now_ms + self._wall_offset_ms
+
+    # --- outputs ------------------------------------------------------------------
+
+    def take_output(self) -> Output:
+        out = self._out
+        self._out = Output()
+        return out
+
+    def _send(self, conn: _Connection, frame: bytes) -> None:
+        if not conn.closed:
+            self._out.frames.append((conn.conn_id, frame))
+
+    def _propose(self, txn: Txn) -> None:
+        self._out.proposals.append(txn)
+
+    # --- connections --------------------------------------------------------------
+
+    def open_connection(self, conn_id: int, handshake: ConnectRequest, now_ms: int) -> None:
+        """A client sent its connect handshake on a new connection ``conn_id``."""
+        self._now_ms = now_ms
+        conn = _Connection(conn_id=conn_id)
+        self._conns[conn_id] = conn
+        if handshake.protocol != protocol.PROTOCOL_VERSION:
+            self._refuse(conn, BadArgumentsError(f"protocol version {handshake.protocol} is not supported"))
+            return
+        if handshake.last_zxid > self.tree.last_zxid:
+            # Reads must never go back in time: this server has not seen what the
+            # client has. The client tries another server.
+            self._refuse(
+                conn,
+                ServerBehindError(
+                    f"server is at zxid {self.tree.last_zxid:#x}, client has seen {handshake.last_zxid:#x}"
+                ),
+            )
+            return
+        timeout_ms = self.sessions.negotiate(handshake.timeout_ms)
+        if handshake.session_id == 0:
+            password = self._rng.randbytes(16)
+            conn.password = password
+            conn.timeout_ms = timeout_ms
+            self._handshakes[password] = conn
+            self._propose(
+                self.preparer.prepare_create_session(timeout_ms=timeout_ms, password=password, time_ms=self._wall(now_ms))
+            )
+            return
+        record = self.tree.sessions.get(handshake.session_id)
+        if (
+            record is None
+            or record.password != handshake.password
+            or not self.sessions.touch(handshake.session_id, now_ms)
+        ):
+            self._refuse(conn, SessionExpiredError(f"session {handshake.session_id:#x} has expired"))
+            return
+        previous = self._conn_of_session.get(handshake.session_id)
+        if previous is not None:
+            # The client moved to a new connection; the old one is stale.
+            self._drop(previous)
+            self._out.close.append(previous.conn_id)
+        self._bind(conn, record.session_id, record.password, record.timeout_ms)
+
+    def _bind(self, conn: _Connection, session_id: int, password: bytes, timeout_ms: int) -> None:
+        conn.session_id = session_id
+        conn.password = password
+        conn.timeout_ms = timeout_ms
+        self._conn_of_session[session_id] = conn
+        reply = ConnectResponse(
+            session_id=session_id,
+            password=password,
+            timeout_ms=timeout_ms,
+            zxid=self.tree.last_zxid,
+            server_id=self.config.server_id,
+        )
+        self._send(conn, _encode_frame(reply.to_wire()))
+
+    def _refuse(self, conn: _Connection, error: CoordError) -> None:
+        self._send(conn, _encode_frame(protocol.handshake_error(error.code, str(error))))
+        self._out.close.append(conn.conn_id)
+        conn.closed = True
+        self._conns.pop(conn.conn_id, None)
+
+    def close_connection(self, conn_id: int) -> None:
+        """The connection went away (or the shell closed it). The session lives on
+        until it expires or the client reconnects elsewhere; the connection's watches
+        are dropped (the client re-registers them when it reconnects)."""
+        conn = self._conns.get(conn_id)
+        if conn is not None:
+            self._drop(conn)
+
+    def _drop(self, conn: _Connection) -> None:
+        conn.closed = True
+        self._conns.pop(conn.conn_id, None)
+        if conn.session_id and self._conn_of_session.get(conn.session_id) is conn:
+            del self._conn_of_session[conn.session_id]
+            self.watches.remove_watcher(conn.session_id)
+        if conn.password and self._handshakes.get(conn.password) is conn:
+            del self._handshakes[conn.password]
+
+    def session_of(self, conn_id: int) -> int:
+        conn = self._conns.get(conn_id)
+        return conn.session_id if conn else 0
+
+    # --- requests -----------------------------------------------------------------
+
+    def request(self, conn_id: int, xid: int, request: Request, now_ms: int) -> None:
+        """A decoded request on a connection whose handshake completed."""
+        conn = self._conns.get(conn_id)
+        if conn is None or conn.closed:
+            return
+        session_id = conn.session_id
+        if session_id == 0:
+            # A request before the session exists: protocol violation.
+            self._send(conn, self._error_frame(xid, BadArgumentsError("request before the session was established")))
+            self._out.close.append(conn_id)
+            self._drop(conn)
+            return
+        self._now_ms = now_ms
+        if not self.sessions.touch(session_id, now_ms):
+            self._send(conn, self._error_frame(xid, SessionExpiredError("session expired")))
+            self._out.close.append(conn_id)
+            self._drop(conn)
+            return
+        match request:
+            case CreateRequest() | DeleteRequest() | SetDataRequest() | MultiRequest():
+                txn = self.preparer.prepare(request, session_id=session_id, xid=xid, time_ms=self._wall(now_ms))
+                conn.queue.append(_Entry(xid, EntryKind.WRITE, request, zxid=txn.zxid))
+                self._propose(txn)
+            case CloseSessionRequest():
+                self.sessions.set_closing(session_id)
+                txn = self.preparer.prepare_close_session(session_id, session_id=session_id, xid=xid, time_ms=self._wall(now_ms))
+                conn.queue.append(_Entry(xid, EntryKind.WRITE, request, close_after=True, zxid=txn.zxid))
+                self._propose(txn)
+            case _:
+                if conn.queue:
+                    conn.queue.append(_Entry(xid, EntryKind.READ, request))
+                else:
+                    self._send(conn, self._read(conn, xid, request))
+
+    def _error_frame(self, xid: int, error: CoordError) -> bytes:
+        return _encode_frame([xid, self.tree.last_zxid, error.code, str(error)])
+
+    def _read(self, conn: _Connection, xid: int, request: Request) -> bytes:
+        """Serve a read (or a local op such as a watch change) from the applied tree."""
+        tree = self.tree
+        try:
+            match request:
+                case GetDataRequest(path=path, watch=watch):
+                    protocol.validate_path(path)
+                    node = tree.get_node(path)
+                    if node is None:
+                        raise NoNodeError(path)
+                    if watch:
+                        self.watches.add(conn.session_id, path, WatchKind.DATA)
+                    result: Any = [node.data, node.stat().to_wire()]
+                case ExistsRequest(path=path, watch=watch):
+                    protocol.validate_path(path)
+                    node = tree.get_node(path)
+                    if watch:
+                        self.watches.add(conn.session_id, path, WatchKind.DATA if node else WatchKind.EXIST)
+                    result = node.stat().to_wire() if node else None
+                case GetChildrenRequest(path=path, watch=watch):
+                    protocol.validate_path(path)
+                    names, stat = tree.get_children(path)
+                    if watch:
+                        self.watches.add(conn.session_id, path, WatchKind.CHILD)
+                    result = [names, stat.to_wire()]
+                case PingRequest():
+                    result = None
+                case SyncRequest(path=path):
+                    # Standalone: everything this session wrote is applied once the
+                    # sync reaches the head of its queue. (The ensemble confirms
+                    # leadership with a quorum round first: CORRECTNESS rule 8.)
+                    protocol.validate_path(path)
+                    result = path
+                case AddWatchRequest(path=path, mode=mode):
+                    protocol.validate_path(path)
+                    kind = WatchKind.PERSISTENT if mode is AddWatchMode.PERSISTENT else WatchKind.PERSISTENT_RECURSIVE
+                    self.watches.add(conn.session_id, path, kind)
+                    result = None
+                case RemoveWatchesRequest(path=path, watcher_type=watcher_type):
+                    protocol.validate_path(path)
+                    if not self.watches.remove(conn.session_id, path, watcher_type):
+                        raise NoWatcherError(path)
+                    result = None
+                case SetWatchesRequest():
+                    for paths in (
+                        request.data,
+                        request.exist,
+                        request.child,
+                        request.persistent,
+                        request.persistent_recursive,
+                    ):
+                        for path in paths:
+                            protocol.validate_path(path)
+                    events, registrations = replay_missed(request, tree.exists)
+                    for path, kind in registrations:
+                        self.watches.add(conn.session_id, path, kind)
+                    zxid = tree.last_zxid
+                    for event_type, path in events:
+                        self._send(conn, _encode_frame(protocol.encode_event(WatchEvent(type=event_type, path=path, zxid=zxid))))
+                    result = None
+                case _:
+                    raise UnimplementedError(f"unsupported request {type(request).__name__}")
+        except CoordError as error:
+            return self._error_frame(xid, error)
+        return _encode_frame([xid, tree.last_zxid, 0, result])
+
+    # --- ordering and applying ----------------------------------------------------
+
+    def committed(self, txns: list[Txn]) -> None:
+        """These txns are durable and committed, in zxid order: apply and answer."""
+        tree = self.tree
+        preparer = self.preparer
+        for txn in txns:
+            result = tree.apply(txn)
+            preparer.applied(txn)
+            if result.events:
+                self._fire(result.events, txn.zxid)
+            body = txn.body
+            if type(body) is CreateSessionTxn:
+                self._session_created(txn, body)
+                continue
+            if type(body) is CloseSessionTxn:
+                self._session_closed(body.session_id)
+            conn = self._conn_of_session.get(txn.session_id) if txn.session_id else None
+            if conn is None:
+                continue
+            # Writes of a session are proposed and committed in order, so this is the
+            # oldest unanswered write of the connection, unless the session moved here
+            # from another connection after proposing it: then that answer is lost, as
+            # any reply on a dropped connection is. Matching on the zxid makes sure.
+            for entry in conn.queue:
+                if entry.kind is EntryKind.WRITE and entry.frame is None:
+                    if entry.zxid == txn.zxid:
+                        entry.frame = _encode_frame([txn.xid, txn.zxid, result.error, result.result])
+                        self._flush(conn)
+                    break
+
+    def _flush(self, conn: _Connection) -> None:
+        """Send answers from the head of the queue while they are known (serving
+        reads that were waiting behind a write as they come to the head)."""
+        queue = conn.queue
+        while queue:
+            head = queue[0]
+            if head.frame is None:
+                if head.kind is EntryKind.WRITE:
+                    return
+                assert head.request is not None
+                head.frame = self._read(conn, head.xid, head.request)
+            queue.popleft()
+            self._send(conn, head.frame)
+            if head.close_after:
+                self._out.close.append(conn.conn_id)
+                self._drop(conn)
+                return
+
+    def _fire(self, events: list[tuple[protocol.EventType, str]], zxid: int) -> None:
+        conn_of_session = self._conn_of_session
+        for event_type, path in events:
+            watchers = self.watches.trigger(event_type, path)
+            if not watchers:
+                continue
+            frame = _encode_frame([protocol.WATCH_XID, zxid, 0, [int(event_type), path]])
+            for watcher in watchers:
+                conn = conn_of_session.get(watcher)
+                if conn is not None:
+                    self._send(conn, frame)
+
+    def _session_created(self, txn: Txn, body: CreateSessionTxn) -> None:
+        session_id = txn.zxid
+        self.sessions.add(session_id, body.timeout_ms, self._now_ms)
+        conn = self._handshakes.pop(body.password, None)
+        if conn is not None and not conn.closed:
+            self._bind(conn, session_id, body.password, body.timeout_ms)
+
+    def _session_closed(self, session_id: int) -> None:
+        self.sessions.remove(session_id)
+        conn = self._conn_of_session.get(session_id)
+        if conn is not None and not any(entry.close_after for entry in conn.queue):
+            # Expired (not closed by its own request): hang up. The client's reconnect
+            # is then refused with SessionExpiredError, as in ZooKeeper.
+            self._out.close.append(conn.conn_id)
+            self._drop(conn)
+
+    def persist_failed(self, txns: list[Txn], error: CoordError) -> None:
+        """The disk refused ``txns`` (and nothing after them was written).
+
+        Every proposal not yet durable is answered with ``error`` and forgotten; the
+        preparer's pending view goes back to the applied tree, since later proposals
+        were prepared against state that now will never exist. Nothing acknowledged
+        is touched: the tree holds exactly what is durable.
+        """
+        self.preparer.reset(self._zxid_floor())
+        failed = {txn.zxid for txn in txns}
+        for txn in txns:
+            body = txn.body
+            if type(body) is CreateSessionTxn:
+                conn = self._handshakes.pop(body.password, None)
+                if conn is not None:
+                    self._refuse(conn, error)
+            elif type(body) is CloseSessionTxn:
+                self.sessions.remove(body.session_id)
+                # The session is still in the tree; track it again so it can expire later.
+                record = self.tree.sessions.get(body.session_id)
+                if record is not None:
+                    self.sessions.add(record.session_id, record.timeout_ms, self._now_ms)
+        for conn in list(self._conn_of_session.values()):
+            changed = False
+            for entry in conn.queue:
+                if entry.kind is EntryKind.WRITE and entry.frame is None and entry.zxid in failed:
+                    entry.frame = self._error_frame(entry.xid, error)
+                    entry.close_after = False
+                    changed = True
+            if changed:
+                self._flush(conn)
+
+    # --- time -----------------------------------------------------------------------
+
+    def tick(self, now_ms: int) -> None:
+        """Time passed: expire sessions, remove empty containers and expired TTL nodes."""
+        self._now_ms = now_ms
+        for session_id in self.sessions.expired(now_ms):
+            if session_id in self.tree.sessions and self.preparer.session_exists(session_id):
+                log.info("session %#x expired", session_id)
+                self._propose(self.preparer.prepare_close_session(session_id, session_id=0, xid=0, time_ms=self._wall(now_ms)))
+        for path in self.tree.cleanup_candidates(self._wall(now_ms)):
+            txn = self.preparer.prepare_cleanup(path, time_ms=self._wall(now_ms))
+            if txn is not None:
+                self._propose(txn)
+
+    def expire_session(self, session_id: int, now_ms: int) -> bool:
+        """Expire a session now, as if its timeout had passed (an operator/test action)."""
+        if session_id not in self.tree.sessions or not self.preparer.session_exists(session_id):
+            return False
+        self.sessions.set_closing(session_id)
+        self._propose(self.preparer.prepare_close_session(session_id, session_id=0, xid=0, time_ms=self._wall(now_ms)))
+        return True
+
+    # --- introspection --------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "server_id": self.config.server_id,
+            "role": "standalone",
+            "zxid": self.tree.last_zxid,
+            "znodes": self.tree.node_count,
+            "sessions": len(self.tree.sessions),
+            "connections": len(self._conns),
+            "watches": self.watches.count(),
+            "pending_txns": self.preparer.pending_count,
+        }

@@ -1,0 +1,666 @@
+"""The durable transaction log: zxid → txn bytes in LMDB, group-committed.
+
+Theory of operation
+-------------------
+One LMDB environment per server (``data_dir/log/``) holds two named databases:
+
+- ``log``: key = zxid as 8 bytes big-endian (so LMDB's byte order is zxid order and
+  appends always go to the right edge of the B+tree), value = CRC32 (4 bytes,
+  big-endian) of *key and txn*, then the txn bytes. The txn is opaque here.
+- ``meta``: small durable integers (``accepted_epoch``, ``current_epoch``, and the
+  log's own ``log.*`` keys), each 8 bytes big-endian.
+
+**Group commit.** :meth:`TxnLog.append` writes a whole batch in ONE write
+transaction, i.e. one durable commit. An LMDB commit with the durable defaults costs
+two waits for the disk whatever the size of the batch (``fdatasync`` of the data
+pages, then a synchronous ``O_DSYNC`` write of the meta page that makes them
+visible), so the shell drains everything that is waiting into one call: a commit of a
+hundred entries costs about what a commit of one does, and throughput grows with
+load instead of being capped at one fsync round per txn.
+
+**Durable defaults, on purpose.** The environment is opened with ``sync=True``,
+``metasync=True``, no ``writemap`` and no ``map_async`` (CORRECTNESS rule 5). Any of
+the "fast" settings can undo the last commit on a machine crash - an entry that a
+follower already ACKed, lost on every server at once after a power cut. When
+:meth:`append` returns, the batch is on stable storage.
+
+**Ordering (CORRECTNESS rule 6).** A zxid is ``(epoch << 32) | counter``. Each
+appended zxid must follow the previous one (the last entry, or the *base* when the
+log holds none): strictly greater, and within the same epoch exactly ``counter + 1``.
+A new epoch may start at any counter. A violation is a bug in the caller, so
+:class:`LogOrderError` is raised and nothing of the batch is written.
+
+The *base* (meta ``log.base_zxid``) is how contiguity survives purging: after
+``purge_through(z)`` (the entries up to ``z`` are covered by a snapshot) the next
+entry must still follow ``z``, even when the purge emptied the log. A fresh log has
+base 0, so its first entry may be any zxid of a nonzero epoch, or ``1``.
+
+**Corruption.** LMDB commits are atomic (copy-on-write pages, then one meta page
+switch), so a crash never leaves a torn record: what a reader sees is exactly some
+committed prefix of appends. A checksum that does not match therefore means that
+*durable* data - possibly acknowledged to a quorum - was damaged on the medium or
+by something writing into our files. That is never skipped or repaired silently:
+:meth:`read` (``verify=True``) and :meth:`verify` raise :class:`CorruptLogError`
+naming the zxid, and the server refuses to start until an operator acts (for
+example: wipe this server's data and let it resync from the leader).
+
+**A full map.** LMDB cannot delete from a map that is completely full: a delete
+copies the pages it changes (copy-on-write) and needs free pages for that. So appends
+stop short: an append that would leave fewer than a reserve of pages (1/32 of the
+map, between 16 pages and 8 MiB) outside the live B+trees is refused with
+:class:`~coord.errors.StorageFullError`, and the reserve stays for ``purge_through``,
+``truncate_after`` and ``set_meta``. Should LMDB itself report ``MapFullError``
+anyway (free pages still pinned by a long read transaction), that is the same error.
+Either way the transaction is aborted, nothing is written, reads keep working, and
+appends succeed again once space exists (after :meth:`purge_through`, or after
+reopening with a larger ``map_bytes``).
+
+**Errors while writing.** Any other LMDB or OS error (EIO, ENOSPC, ...) becomes
+:class:`~coord.errors.StorageError`, and this ``TxnLog`` then refuses every further
+write until it is reopened: after a failed ``fsync`` the kernel may have dropped the
+dirty pages and marked them clean, so "retry and hope" can report success for data
+that is not on disk (the PostgreSQL "fsyncgate" lesson). Fail-stop and restart is the
+only honest answer; on restart the log is re-read from disk and is exactly some
+committed prefix.
+
+Threads
+-------
+Writes (``append``, ``truncate_after``, ``purge_through``, ``set_meta``) may come from
+any one thread at a time (the shell runs them through ``trio.to_thread.run_sync``); a
+lock serializes them anyway and keeps the cached ``first_zxid`` / ``last_zxid`` in step
+with the commits. A write transaction is begun and committed inside one call, on the
+calling thread, as LMDB requires. Reads may run concurrently from any thread (py-lmdb
+opens the environment with ``MDB_NOTLS``); each sees one consistent committed state.
+An unfinished :meth:`read` iterator pins that state (a read transaction), which keeps
+LMDB from reusing pages freed since: exhaust or close it promptly.
+
+Left out: compaction of the data file (LMDB reuses freed pages; the file does not
+shrink), and growing the map on the fly (``set_mapsize`` needs every transaction of
+the process closed; reopen with a larger ``map_bytes`` instead).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Final, TypeVar
+
+import lmdb
+
+from coord.errors import DataInconsistencyError, StorageError, StorageFullError
+
+__all__ = [
+    "ACCEPTED_EPOCH",
+    "CURRENT_EPOCH",
+    "CorruptLogError",
+    "LogOrderError",
+    "TxnLog",
+    "zxid_follows",
+]
+
+log = logging.getLogger(__name__)
+
+ACCEPTED_EPOCH: Final = "accepted_epoch"
+"""Meta key of the last epoch this server accepted (NEWEPOCH), durable before ACKEPOCH."""
+CURRENT_EPOCH: Final = "current_epoch"
+"""Meta key of the epoch whose history this server holds (NEWLEADER), durable before its ACK."""
+
+_FORMAT: Final = 1
+_RESERVED_PREFIX: Final = "log."
+_META_FORMAT: Final = b"log.format"
+_META_BASE: Final = b"log.base_zxid"
+
+_KEY = struct.Struct(">Q")
+_CRC = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_ZXID_LIMIT: Final = 1 << 64
+_COUNTER_BITS: Final = 32
+_PURGE_CHUNK: Final = 50_000  # entries deleted per transaction: bounds a txn's dirty pages
+_META_PAGES: Final = 2
+_MAP_BYTES_MIN: Final = 128 << 10
+_RESERVE_FRACTION: Final = 32  # appends leave 1/32 of the map for deletes ...
+_RESERVE_PAGES_MIN: Final = 16  # ... but at least this many pages ...
+_RESERVE_BYTES_MAX: Final = 8 << 20  # ... and no more than this
+
+_T = TypeVar("_T")
+
+
+class CorruptLogError(DataInconsistencyError):
+    """Durable log data is damaged (bad checksum, gap, undecodable record).
+
+    Acknowledged data may be affected, so this is never skipped: the server must
+    refuse to start, loudly, until an operator repairs or wipes this server's data.
+    """
+
+    def __init__(self, message: str, *, zxid: int | None = None) -> None:
+        super().__init__(message)
+        self.zxid = zxid
+
+
+class LogOrderError(ValueError):
+    """An append or truncation would break the log's order or contiguity (a caller bug)."""
+
+
+def zxid_follows(previous: int, zxid: int) -> bool:
+    """Whether ``zxid`` may come right after ``previous`` in a log (CORRECTNESS rule 6).
+
+    Strictly greater, and in the same epoch exactly one more; a new epoch may start
+    at any counter.
+    """
+    if zxid <= previous:
+        return False
+    return zxid >> _COUNTER_BITS != previous >> _COUNTER_BITS or zxid == previous + 1
+
+
+def _format_zxid(zxid: int) -> str:
+    return f"{zxid:#x} (epoch {zxid >> _COUNTER_BITS}, counter {zxid & 0xFFFFFFFF})"
+
+
+def _checksum(key: bytes | memoryview, txn: bytes | memoryview) -> int:
+    # The key is covered too, so a record that ends up under the wrong key is caught.
+    return zlib.crc32(txn, zlib.crc32(key))
+
+
+class TxnLog:
+    """The durable, checksummed, contiguous log of one server.
+
+    Use :meth:`open`; see the module docstring for durability, ordering and errors.
+    """
+
+    def __init__(self, env: lmdb.Environment, log_db: lmdb._Database, meta_db: lmdb._Database) -> None:
+        """Wrap an already opened environment (use :meth:`open`)."""
+        self._env = env
+        self._main_db = env.open_db(None)
+        self._log_db = log_db
+        self._meta_db = meta_db
+        self._page_bytes: int = env.stat()["psize"]
+        map_pages = env.info()["map_size"] // self._page_bytes
+        reserve_pages = min(
+            max(map_pages // _RESERVE_FRACTION, _RESERVE_PAGES_MIN), _RESERVE_BYTES_MAX // self._page_bytes
+        )
+        self._append_limit_pages = map_pages - reserve_pages
+        self._write_lock = threading.Lock()
+        self._write_failure: BaseException | None = None
+        self._closed = False
+        self._first = 0
+        self._last = 0
+        self._base = 0
+        self._load_bounds()
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    @classmethod
+    def open(cls, directory: Path, *, map_bytes: int = 1 << 30) -> TxnLog:
+        """Open (creating if needed) the log environment in ``directory``.
+
+        Args:
+            directory: the environment's directory, normally ``data_dir/log``.
+            map_bytes: the most the data file may grow to (at least 128 KiB); a full
+                map makes appends raise :class:`~coord.errors.StorageFullError`. When
+                reopening an existing log with a smaller value, LMDB keeps what the
+                data file already uses.
+
+        Raises:
+            ValueError: ``map_bytes`` is below the minimum.
+            StorageError: the environment cannot be opened or has an unknown format.
+        """
+        if map_bytes < _MAP_BYTES_MIN:
+            raise ValueError(f"map_bytes={map_bytes} is below the minimum of {_MAP_BYTES_MIN}")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            env = lmdb.open(
+                str(directory),
+                map_size=map_bytes,
+                subdir=True,
+                # Durable defaults, spelled out so that nobody "tunes" them (rule 5).
+                sync=True,
+                metasync=True,
+                writemap=False,
+                map_async=False,
+                lock=True,
+                max_dbs=4,
+                max_readers=126,
+                mode=0o600,  # txns carry session passwords
+            )
+        except lmdb.Error as exc:
+            raise StorageError(f"cannot open the log in {directory}: {exc}") from exc
+        try:
+            log_db = env.open_db(b"log")
+            meta_db = env.open_db(b"meta")
+            with env.begin(db=meta_db) as txn:
+                raw = txn.get(_META_FORMAT)
+            if raw is None:
+                with env.begin(db=meta_db, write=True) as txn:
+                    txn.put(_META_FORMAT, _U64.pack(_FORMAT))
+            elif raw != _U64.pack(_FORMAT):
+                raise StorageError(f"the log in {directory} has unknown format {raw.hex()}, expected {_FORMAT}")
+            instance = cls(env, log_db, meta_db)
+        except lmdb.MapFullError as exc:
+            env.close()
+            raise StorageFullError(f"cannot initialise the log in {directory}: {exc}") from exc
+        except lmdb.Error as exc:
+            env.close()
+            raise StorageError(f"cannot initialise the log in {directory}: {exc}") from exc
+        except BaseException:
+            env.close()
+            raise
+        log.info(
+            "opened log %s: %d entries, first %s, last %s, base %s",
+            directory,
+            instance.stats()["entries"],
+            hex(instance.first_zxid),
+            hex(instance.last_zxid),
+            hex(instance.base_zxid),
+        )
+        return instance
+
+    def close(self) -> None:
+        """Close the environment. Waits for a write in progress; idempotent.
+
+        Open :meth:`read` iterators become invalid.
+        """
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._env.close()
+
+    def __enter__(self) -> TxnLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- cached bounds -----------------------------------------------------------
+
+    @property
+    def last_zxid(self) -> int:
+        """The zxid of the last entry, 0 when the log holds none.
+
+        Updated after each commit, so whatever it reports is already durable and
+        readable (a concurrent reader may briefly see entries past it).
+        """
+        return self._last
+
+    @property
+    def first_zxid(self) -> int:
+        """The zxid of the first entry, 0 when the log holds none."""
+        return self._first
+
+    @property
+    def base_zxid(self) -> int:
+        """The zxid the log continues from: entries up to it were purged (0 if never).
+
+        The next append must follow ``last_zxid`` if the log holds entries, else this.
+        """
+        return self._base
+
+    def _load_bounds(self) -> None:
+        try:
+            with self._env.begin() as txn:
+                cursor = txn.cursor(db=self._log_db)
+                self._first = _KEY.unpack(cursor.key())[0] if cursor.first() else 0
+                self._last = _KEY.unpack(cursor.key())[0] if cursor.last() else 0
+                raw = txn.get(_META_BASE, db=self._meta_db)
+                self._base = _decode_u64(raw, "log.base_zxid") if raw is not None else 0
+        except lmdb.Error as exc:
+            raise _read_error(exc) from exc
+        except struct.error as exc:
+            raise CorruptLogError(f"a log key is not 8 bytes: {exc}") from exc
+
+    # --- writes ------------------------------------------------------------------
+
+    def append(self, entries: Sequence[tuple[int, bytes]]) -> None:
+        """Durably append a batch of ``(zxid, txn)`` entries in one commit (group commit).
+
+        Args:
+            entries: in zxid order, each following the one before it and the first
+                following the log (see :func:`zxid_follows`). Empty: nothing happens.
+
+        Raises:
+            LogOrderError: the batch breaks order or contiguity; nothing was written.
+            StorageFullError: the map is full; nothing was written, the log stays usable.
+            StorageError: an I/O error; nothing was written (as far as any later
+                reader of this log will see), and this object refuses further writes.
+
+        Ordering: when this returns, every entry of the batch is on stable storage.
+        """
+        if not entries:
+            return
+        with self._write_lock:
+            previous = self._last or self._base
+            items: list[tuple[bytes, bytes]] = []
+            for zxid, txn in entries:
+                if not 0 < zxid < _ZXID_LIMIT or not zxid_follows(previous, zxid):
+                    raise LogOrderError(
+                        f"zxid {_format_zxid(zxid)} cannot follow {_format_zxid(previous)}: "
+                        "zxids must grow, and by exactly one within an epoch; nothing was written"
+                    )
+                key = _KEY.pack(zxid)
+                items.append((key, _CRC.pack(_checksum(key, txn)) + txn))
+                previous = zxid
+
+            def write(txn: lmdb.Transaction) -> None:
+                # append=True: the keys go to the right edge without a search, and LMDB
+                # itself refuses a key that is not greater than the last one.
+                _, added = txn.cursor(db=self._log_db).putmulti(items, append=True)
+                if added != len(items):
+                    raise LogOrderError(f"LMDB refused {len(items) - added} of {len(items)} entries as out of order")
+                used_pages = self._pages_in_use(txn)
+                if used_pages > self._append_limit_pages:
+                    # Raised inside the transaction, so it is aborted: nothing written.
+                    raise StorageFullError(
+                        f"the log is full: {used_pages} of {self._append_limit_pages} pages allowed for appends "
+                        "would be in use (the rest is kept for purges); purge it or reopen with a larger map"
+                    )
+
+            self._write("append", write)
+            if not self._first:
+                self._first = entries[0][0]
+            self._last = entries[-1][0]
+
+    def truncate_after(self, zxid: int) -> int:
+        """Delete every entry after ``zxid`` (ZAB TRUNC), in one durable commit.
+
+        Args:
+            zxid: the last zxid to keep; it may lie past the end (nothing to do).
+
+        Returns:
+            How many entries were deleted.
+
+        Raises:
+            LogOrderError: ``zxid`` is below the base: those entries were purged into a
+                snapshot, so truncating there needs a snapshot sync, not a TRUNC.
+            StorageFullError, StorageError: as for :meth:`append`; nothing was deleted.
+        """
+        with self._write_lock:
+            if zxid < self._base:
+                raise LogOrderError(
+                    f"cannot truncate after {_format_zxid(zxid)}: the log was purged through "
+                    f"{_format_zxid(self._base)} (a snapshot covers it)"
+                )
+            if zxid >= self._last:
+                return 0
+
+            def delete(txn: lmdb.Transaction) -> tuple[int, int]:
+                cursor = txn.cursor(db=self._log_db)
+                deleted = 0
+                positioned = cursor.set_range(_KEY.pack(zxid + 1))
+                while positioned:
+                    cursor.delete()  # moves to the next entry, if there is one
+                    deleted += 1
+                    positioned = bool(cursor.key())
+                new_last = _KEY.unpack(cursor.key())[0] if cursor.last() else 0
+                return deleted, new_last
+
+            deleted, new_last = self._write("truncate", delete)
+            self._last = new_last
+            if not new_last:
+                self._first = 0
+            log.info("truncated %d entries after %s", deleted, _format_zxid(zxid))
+            return deleted
+
+    def purge_through(self, zxid: int) -> int:
+        """Delete every entry up to and including ``zxid`` (a snapshot now covers them).
+
+        The base becomes ``zxid`` (if larger), so later appends must still follow it
+        when the log is left empty. Large purges commit in chunks of oldest entries
+        first; a crash in between leaves a shorter but still contiguous log.
+
+        Returns:
+            How many entries were deleted.
+
+        Raises:
+            StorageFullError, StorageError: as for :meth:`append`; earlier chunks may
+                have been purged, the log is still contiguous.
+        """
+        if not 0 <= zxid < _ZXID_LIMIT:
+            raise LogOrderError(f"zxid {zxid} is out of range")
+        total = 0
+        with self._write_lock:
+            if zxid <= self._base and not 0 < self._first <= zxid:
+                return 0  # nothing to delete and the base already covers it: spare a commit
+            while True:
+
+                def delete(txn: lmdb.Transaction) -> tuple[int, bool, int]:
+                    cursor = txn.cursor(db=self._log_db)
+                    deleted = 0
+                    last_deleted = 0
+                    has_more = cursor.first()
+                    while has_more and deleted < _PURGE_CHUNK:
+                        key_zxid = _KEY.unpack(cursor.key())[0]
+                        if key_zxid > zxid:
+                            has_more = False
+                            break
+                        last_deleted = key_zxid
+                        cursor.delete()  # moves to the next entry, if there is one
+                        deleted += 1
+                        has_more = bool(cursor.key())
+                    # Past the last chunk the base is the snapshot's zxid itself; in
+                    # between it is what was really deleted, so the log stays contiguous.
+                    base = max(self._base, last_deleted if has_more else zxid)
+                    txn.put(_META_BASE, _U64.pack(base), db=self._meta_db)
+                    return deleted, has_more, base
+
+                deleted, has_more, base = self._write("purge", delete)
+                total += deleted
+                self._base = base
+                if deleted:
+                    self._first = self._read_first()
+                    if not self._first:
+                        self._last = 0
+                if not has_more:
+                    break
+        if total:
+            log.info("purged %d entries through %s", total, _format_zxid(zxid))
+        return total
+
+    def set_meta(self, key: str, value: int) -> None:
+        """Durably store a small unsigned integer (one commit).
+
+        Raises:
+            ValueError: a reserved key (``log.*``) or a value outside 0..2**64-1.
+            StorageFullError, StorageError: as for :meth:`append`.
+        """
+        if key.startswith(_RESERVED_PREFIX):
+            raise ValueError(f"meta key {key!r} is reserved for the log itself")
+        if not 0 <= value < _ZXID_LIMIT:
+            raise ValueError(f"meta value {value} does not fit in 8 unsigned bytes")
+        raw_key, raw_value = key.encode(), _U64.pack(value)
+        with self._write_lock:
+            self._write("set_meta", lambda txn: txn.put(raw_key, raw_value, db=self._meta_db))
+
+    def _write(self, what: str, body: Callable[[lmdb.Transaction], _T]) -> _T:
+        """Run ``body`` in one durable write transaction; map LMDB errors (lock held)."""
+        if self._closed:
+            raise StorageError("the log is closed")
+        if self._write_failure is not None:
+            raise StorageError(
+                f"the log refuses writes after an earlier I/O error ({self._write_failure}); reopen it"
+            ) from self._write_failure
+        try:
+            with self._env.begin(write=True) as txn:
+                return body(txn)
+        except StorageFullError as exc:
+            log.error("log %s refused: %s", what, exc)
+            raise
+        except lmdb.MapFullError as exc:
+            log.error("log %s failed: map full (%s); nothing was written", what, exc)
+            raise StorageFullError(f"the log is full: {exc}") from exc
+        except (lmdb.Error, OSError) as exc:
+            self._write_failure = exc
+            log.critical("log %s failed with an I/O error, no more writes until reopened: %s", what, exc)
+            raise StorageError(f"the log could not write durably: {exc}") from exc
+
+    # --- reads -------------------------------------------------------------------
+
+    def read(self, after_zxid: int = 0, *, verify: bool = True) -> Iterator[tuple[int, bytes]]:
+        """Yield ``(zxid, txn)`` for every entry after ``after_zxid``, in zxid order.
+
+        All entries come from one consistent committed state (one read transaction,
+        held until the iterator is exhausted or closed).
+
+        Args:
+            after_zxid: yield entries with a greater zxid (0: all of them).
+            verify: check each entry's checksum and that it follows the one before.
+
+        Raises:
+            CorruptLogError: (with ``verify``) a damaged or out-of-order entry; it names
+                the zxid. Entries before it were yielded.
+        """
+        if after_zxid >= _ZXID_LIMIT - 1:
+            return
+        start = _KEY.pack(max(after_zxid, 0) + 1)
+        try:
+            with self._env.begin(db=self._log_db, buffers=True) as txn:
+                cursor = txn.cursor()
+                if not cursor.set_range(start):
+                    return
+                previous: int | None = None
+                for key, value in cursor.iternext(keys=True, values=True):
+                    zxid, txn_bytes = _decode_entry(key, value, verify=verify)
+                    if verify and previous is not None and not zxid_follows(previous, zxid):
+                        raise CorruptLogError(
+                            f"log entry {_format_zxid(zxid)} does not follow {_format_zxid(previous)}: a gap",
+                            zxid=zxid,
+                        )
+                    previous = zxid
+                    yield zxid, txn_bytes
+        except lmdb.Error as exc:
+            raise _read_error(exc) from exc
+
+    def get(self, zxid: int) -> bytes | None:
+        """The txn stored at ``zxid`` (checksum verified), or None.
+
+        Raises:
+            CorruptLogError: the entry is damaged.
+        """
+        if not 0 <= zxid < _ZXID_LIMIT:
+            return None
+        key = _KEY.pack(zxid)
+        try:
+            with self._env.begin(db=self._log_db, buffers=True) as txn:
+                value = txn.get(key)
+                if value is None:
+                    return None
+                return _decode_entry(key, value, verify=True)[1]
+        except lmdb.Error as exc:
+            raise _read_error(exc) from exc
+
+    def get_meta(self, key: str) -> int | None:
+        """The integer stored under ``key`` by :meth:`set_meta`, or None."""
+        try:
+            with self._env.begin(db=self._meta_db) as txn:
+                raw = txn.get(key.encode())
+        except lmdb.Error as exc:
+            raise _read_error(exc) from exc
+        return None if raw is None else _decode_u64(raw, key)
+
+    def verify(self) -> int:
+        """Check every entry's checksum and the contiguity of the whole log.
+
+        The first entry must follow the base, each entry the one before it.
+
+        Returns:
+            The number of entries checked.
+
+        Raises:
+            CorruptLogError: at the first bad entry, naming its zxid.
+        """
+        count = 0
+        try:
+            with self._env.begin(buffers=True) as txn:
+                raw_base = txn.get(_META_BASE, db=self._meta_db)
+                previous = 0 if raw_base is None else _decode_u64(bytes(raw_base), "log.base_zxid")
+                for key, value in txn.cursor(db=self._log_db).iternext(keys=True, values=True):
+                    zxid, _ = _decode_entry(key, value, verify=True)
+                    if not zxid_follows(previous, zxid):
+                        raise CorruptLogError(
+                            f"log entry {_format_zxid(zxid)} does not follow {_format_zxid(previous)}: a gap",
+                            zxid=zxid,
+                        )
+                    previous = zxid
+                    count += 1
+        except lmdb.Error as exc:
+            raise _read_error(exc) from exc
+        return count
+
+    def stats(self) -> dict[str, int]:
+        """Entry count, bounds and space.
+
+        Returns:
+            ``entries``, ``first_zxid``, ``last_zxid``, ``base_zxid``; ``map_bytes``
+            (LMDB's map size), ``append_limit_bytes`` (the part appends may fill),
+            ``used_bytes`` (pages of the live B+trees and the meta pages),
+            ``file_bytes`` (the data file's high-water mark; freed pages inside it are
+            reused, the file never shrinks) and ``page_bytes``.
+        """
+        try:
+            with self._env.begin() as txn:
+                entries = txn.stat(self._log_db)["entries"]
+                used_pages = self._pages_in_use(txn)
+            info = self._env.info()
+        except lmdb.Error as exc:
+            raise _read_error(exc) from exc
+        return {
+            "entries": entries,
+            "first_zxid": self._first,
+            "last_zxid": self._last,
+            "base_zxid": self._base,
+            "map_bytes": info["map_size"],
+            "append_limit_bytes": self._append_limit_pages * self._page_bytes,
+            "used_bytes": used_pages * self._page_bytes,
+            "file_bytes": (info["last_pgno"] + 1) * self._page_bytes,
+            "page_bytes": self._page_bytes,
+        }
+
+    def _pages_in_use(self, txn: lmdb.Transaction) -> int:
+        """Pages of the live B+trees as this transaction sees them, plus the meta pages.
+
+        The free-list's own pages are not counted; the reserve covers them.
+        """
+        used = _META_PAGES
+        for db in (self._main_db, self._log_db, self._meta_db):
+            stat = txn.stat(db)
+            used += stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+        return used
+
+    def _read_first(self) -> int:
+        with self._env.begin(db=self._log_db) as txn:
+            cursor = txn.cursor()
+            return _KEY.unpack(cursor.key())[0] if cursor.first() else 0
+
+    def durability_flags(self) -> dict[str, bool]:
+        """The environment's sync-related flags, for tests and ``coord status``."""
+        flags = self._env.flags()
+        return {name: bool(flags[name]) for name in ("sync", "metasync", "writemap", "map_async")}
+
+
+def _decode_entry(key: bytes | memoryview, value: bytes | memoryview, *, verify: bool) -> tuple[int, bytes]:
+    """Split a stored record into ``(zxid, txn)``, checking its checksum if asked."""
+    if len(key) != _KEY.size:
+        raise CorruptLogError(f"a log key is {len(key)} bytes long, not {_KEY.size}: {bytes(key).hex()}")
+    zxid = _KEY.unpack(key)[0]
+    if len(value) < _CRC.size:
+        raise CorruptLogError(f"log entry {_format_zxid(zxid)} is truncated ({len(value)} bytes)", zxid=zxid)
+    txn = bytes(value[_CRC.size :])
+    if verify and _CRC.unpack(value[: _CRC.size])[0] != _checksum(key, txn):
+        raise CorruptLogError(f"log entry {_format_zxid(zxid)} fails its checksum: damaged on disk", zxid=zxid)
+    return zxid, txn
+
+
+def _decode_u64(raw: bytes, name: str) -> int:
+    if len(raw) != _U64.size:
+        raise CorruptLogError(f"meta value {name!r} is {len(raw)} bytes long, not {_U64.size}")
+    return _U64.unpack(raw)[0]
+
+
+def _read_error(exc: lmdb.Error) -> DataInconsistencyError | StorageError:
+    if isinstance(exc, lmdb.CorruptedError | lmdb.PageNotFoundError | lmdb.InvalidError):
+        return CorruptLogError(f"the log's LMDB file is damaged: {exc}")
+    return StorageError(f"cannot read the log: {exc}")

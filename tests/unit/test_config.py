@@ -1,0 +1,301 @@
+"""Server configuration: defaults, the TOML file, overrides, and errors that name their key."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from coord import config as config_module
+from coord.config import ConfigError, ServerConfig, config_keys, load_config, parse_listen
+
+FULL = """\
+[server]
+id = 3
+data_dir = "/var/lib/coord"
+listen = "0.0.0.0:3281"
+tick_ms = 500
+max_connections = 200
+
+[sessions]
+min_timeout_ms = 4000
+max_timeout_ms = 60000
+
+[storage]
+snapshot_every_txns = 5000
+snapshots_retained = 5
+log_map_bytes = 1048576
+
+[limits]
+data_bytes_max = 4096
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "coord.toml"
+    path.write_text(text)
+    return path
+
+
+def error_of(tmp_path: Path, text: str | None = None, **overrides: object) -> str:
+    path = write(tmp_path, text) if text is not None else None
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides=overrides)
+    return str(info.value)
+
+
+# --- what loads ----------------------------------------------------------------------
+
+
+def test_no_file_gives_the_defaults() -> None:
+    assert load_config() == ServerConfig()
+
+
+def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "")) == ServerConfig()
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    config = load_config()
+    assert config.data_dir == Path("coord-data")
+    assert (config.listen_host, config.listen_port, config.listen) == ("127.0.0.1", 2281, "127.0.0.1:2281")
+    assert config.server_id == 1
+    assert config.tick_ms == 1000
+    assert (config.min_session_timeout_ms, config.max_session_timeout_ms) == (2000, 20000)
+    assert config.data_bytes_max == 1 << 20
+    assert (config.snapshot_every_txns, config.snapshots_retained, config.log_map_bytes) == (100_000, 3, 1 << 30)
+    assert config.max_connections == 10_000
+    assert config.fault_hooks is False
+
+
+def test_full_file_sets_every_field(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, FULL)) == ServerConfig(
+        server_id=3,
+        data_dir=Path("/var/lib/coord"),
+        listen_host="0.0.0.0",
+        listen_port=3281,
+        tick_ms=500,
+        max_connections=200,
+        min_session_timeout_ms=4000,
+        max_session_timeout_ms=60000,
+        snapshot_every_txns=5000,
+        snapshots_retained=5,
+        log_map_bytes=1048576,
+        data_bytes_max=4096,
+    )
+
+
+def test_module_docstring_example_is_a_valid_config_of_the_defaults(tmp_path: Path) -> None:
+    doc = config_module.__doc__
+    assert doc is not None
+    example = doc.split("::\n", 1)[1].split("\nLoading", 1)[0]
+    text = "\n".join(line[4:] for line in example.splitlines())
+    assert load_config(write(tmp_path, text)) == ServerConfig()
+
+
+def test_every_key_appears_in_the_docstring_example() -> None:
+    doc = config_module.__doc__
+    assert doc is not None
+    for dotted in config_keys():
+        table, key = dotted.split(".")
+        assert f"[{table}]" in doc and re.search(rf"^\s+{key} = ", doc, re.MULTILINE), dotted
+
+
+def test_overrides_win_over_the_file(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, FULL),
+        overrides={"server.data_dir": tmp_path / "d", "server.listen": "127.0.0.1:0", "server.id": 2},
+    )
+    assert config.data_dir == tmp_path / "d"
+    assert (config.listen_host, config.listen_port) == ("127.0.0.1", 0)
+    assert config.server_id == 2
+    assert config.tick_ms == 500  # the file still counts where nothing overrides it
+
+
+def test_none_overrides_are_skipped(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, FULL), overrides={"server.listen": None, "server.tick_ms": None})
+    assert config.listen_port == 3281
+    assert config.tick_ms == 500
+
+
+def test_string_overrides_of_integer_keys_are_parsed() -> None:
+    config = load_config(overrides={"server.tick_ms": "250", "limits.data_bytes_max": "1_000"})
+    assert config.tick_ms == 250
+    assert config.data_bytes_max == 1000
+
+
+def test_data_dir_expands_the_home_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_config(overrides={"server.data_dir": "~/coord"}).data_dir == tmp_path / "coord"
+
+
+# --- session bounds --------------------------------------------------------------------
+
+
+def test_session_bounds_derive_from_tick_ms(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[server]\ntick_ms = 300\n"))
+    assert (config.min_session_timeout_ms, config.max_session_timeout_ms) == (600, 6000)
+
+
+def test_session_bounds_derive_from_an_overridden_tick() -> None:
+    config = load_config(overrides={"server.tick_ms": 50})
+    assert (config.min_session_timeout_ms, config.max_session_timeout_ms) == (100, 1000)
+
+
+def test_explicit_session_bound_keeps_the_other_derived(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[server]\ntick_ms = 100\n[sessions]\nmax_timeout_ms = 9000\n"))
+    assert (config.min_session_timeout_ms, config.max_session_timeout_ms) == (200, 9000)
+
+
+def test_explicit_min_above_the_derived_max_raises_the_max() -> None:
+    config = load_config(overrides={"sessions.min_timeout_ms": 30_000})
+    assert (config.min_session_timeout_ms, config.max_session_timeout_ms) == (30_000, 30_000)
+
+
+def test_explicit_max_below_the_derived_min_lowers_the_min() -> None:
+    config = load_config(overrides={"sessions.max_timeout_ms": 1500})
+    assert (config.min_session_timeout_ms, config.max_session_timeout_ms) == (1500, 1500)
+
+
+def test_explicit_min_above_explicit_max_is_an_error() -> None:
+    message = error_of(Path(), None, **{"sessions.min_timeout_ms": 5000, "sessions.max_timeout_ms": 4000})
+    assert message.startswith("sessions.min_timeout_ms:")
+    assert "sessions.max_timeout_ms" in message and "5000" in message and "4000" in message
+
+
+# --- errors name their key -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "shown"),
+    [
+        ('[server]\ntick_ms = "abc"\n', "server.tick_ms", "'abc'"),
+        ("[server]\ntick_ms = 0\n", "server.tick_ms", "0"),
+        ("[server]\ntick_ms = 1.5\n", "server.tick_ms", "1.5"),
+        ("[server]\ntick_ms = true\n", "server.tick_ms", "True"),
+        ("[server]\nid = 0\n", "server.id", "0"),
+        ("[server]\nid = 256\n", "server.id", "256"),
+        ("[server]\nmax_connections = -1\n", "server.max_connections", "-1"),
+        ("[server]\ndata_dir = 5\n", "server.data_dir", "5"),
+        ('[server]\ndata_dir = ""\n', "server.data_dir", "''"),
+        ("[server]\nlisten = 2281\n", "server.listen", "2281"),
+        ('[server]\nlisten = "localhost"\n', "server.listen", "'localhost'"),
+        ('[server]\nlisten = "localhost:http"\n', "server.listen", "'http'"),
+        ('[server]\nlisten = "localhost:70000"\n', "server.listen", "70000"),
+        ("[sessions]\nmin_timeout_ms = -5\n", "sessions.min_timeout_ms", "-5"),
+        ('[sessions]\nmax_timeout_ms = "10s"\n', "sessions.max_timeout_ms", "'10s'"),
+        ("[storage]\nsnapshot_every_txns = 0\n", "storage.snapshot_every_txns", "0"),
+        ("[storage]\nsnapshots_retained = 0\n", "storage.snapshots_retained", "0"),
+        ("[storage]\nlog_map_bytes = [1]\n", "storage.log_map_bytes", "[1]"),
+        ("[limits]\ndata_bytes_max = 0\n", "limits.data_bytes_max", "0"),
+        ("[limits]\ndata_bytes_max = 5000000000\n", "limits.data_bytes_max", "5000000000"),
+        ("server = 3\n", "server", "3"),
+    ],
+)
+def test_bad_value_error_names_the_key_and_the_value(tmp_path: Path, text: str, key: str, shown: str) -> None:
+    message = error_of(tmp_path, text)
+    assert message.startswith(f"{key}: ")
+    assert shown in message
+
+
+def test_bad_override_error_names_the_key_and_the_value() -> None:
+    with pytest.raises(ConfigError, match=r"^server\.tick_ms: must be a positive integer, got 'abc'$"):
+        load_config(overrides={"server.tick_ms": "abc"})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[server]\ntick_msec = 10\n", "server.tick_msec: unknown key (did you mean 'server.tick_ms'?)"),
+        ("[server]\nlisten_port = 10\n", "server.listen_port: unknown key (did you mean 'server.listen'?)"),
+        (
+            "[server]\nmin_timeout_ms = 10\n",
+            "server.min_timeout_ms: unknown key (did you mean 'sessions.min_timeout_ms'?)",
+        ),
+        ("[sesions]\nmin_timeout_ms = 10\n", "sesions: unknown table (did you mean [sessions]?)"),
+        ("[server]\nflux_capacitor = 1\n", "server.flux_capacitor: unknown key"),
+        ("[server]\nport = 2281\n", "server.port: unknown key (did you mean 'server.listen'?)"),
+        ("[gizmos]\nx = 1\n", "gizmos: unknown table"),
+        ("[server]\nfault_hooks = true\n", "server.fault_hooks: unknown key"),
+    ],
+)
+def test_unknown_names_are_refused_with_a_suggestion_when_close(tmp_path: Path, text: str, expected: str) -> None:
+    assert error_of(tmp_path, text) == expected
+
+
+def test_unknown_override_key_is_refused_with_a_suggestion() -> None:
+    with pytest.raises(ConfigError, match=r"^server\.lisen: unknown key \(did you mean 'server\.listen'\?\)$"):
+        load_config(overrides={"server.lisen": "127.0.0.1:0"})
+
+
+def test_undotted_override_key_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"^listen: overrides take dotted keys"):
+        load_config(overrides={"listen": "127.0.0.1:0"})
+
+
+def test_ensemble_table_is_reserved(tmp_path: Path) -> None:
+    message = error_of(tmp_path, "[ensemble]\nservers = []\n")
+    assert message.startswith("ensemble: ") and "not supported yet" in message
+
+
+def test_missing_file_error_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match=r"nope\.toml: no such config file"):
+        load_config(path)
+
+
+def test_directory_instead_of_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+
+
+def test_toml_syntax_error_names_the_file_and_line(tmp_path: Path) -> None:
+    message = error_of(tmp_path, "[server]\nid = 1\ntick_ms = = 3\n")
+    assert message.startswith(f"{tmp_path / 'coord.toml'}: invalid TOML")
+    assert "line 3" in message
+
+
+def test_non_utf8_file_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "coord.toml"
+    path.write_bytes(b"[server]\nid = 1 # \xff\n")
+    with pytest.raises(ConfigError, match=r"coord\.toml: invalid TOML"):
+        load_config(path)
+
+
+def test_config_is_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        load_config().tick_ms = 5  # type: ignore[misc]
+
+
+# --- parse_listen ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("127.0.0.1:2281", ("127.0.0.1", 2281)),
+        ("example.com:80", ("example.com", 80)),
+        ("0.0.0.0:0", ("0.0.0.0", 0)),
+        ("[::1]:2281", ("::1", 2281)),
+        ("[fe80::1%eth0]:65535", ("fe80::1%eth0", 65535)),
+        (":2281", ("127.0.0.1", 2281)),
+    ],
+)
+def test_parse_listen_accepts_the_documented_shapes(value: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["", "host", "host:", "host:-1", "host:65536", "host:1x", "::1:2281", "[::1]", "[::1]2281", "[]:1", "h:٣"]
+)
+def test_parse_listen_refuses_other_shapes(value: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_listen(value)
+
+
+def test_listen_property_round_trips_through_parse_listen() -> None:
+    for host in ("127.0.0.1", "::1"):
+        config = ServerConfig(listen_host=host, listen_port=7)
+        assert parse_listen(config.listen) == (host, 7)

@@ -1,0 +1,349 @@
+"""The data tree: stat fields, events, indexes and snapshot images, from hand-made txns."""
+
+from __future__ import annotations
+
+import pytest
+
+from coord.errors import NoNodeError
+from coord.protocol import CreateMode, EventType, Stat
+from coord.tree import DataTree, Node, TreeImage
+from coord.txn import (
+    CheckTxn,
+    CloseSessionTxn,
+    CreateSessionTxn,
+    CreateTxn,
+    DeleteTxn,
+    ErrorTxn,
+    MultiTxn,
+    SetDataTxn,
+    Txn,
+    TxnBody,
+)
+
+CREATED = EventType.NODE_CREATED
+DELETED = EventType.NODE_DELETED
+DATA_CHANGED = EventType.NODE_DATA_CHANGED
+CHILDREN_CHANGED = EventType.NODE_CHILDREN_CHANGED
+
+
+class Applier:
+    """A tree plus a zxid counter: ``apply(body)`` wraps the body in the next txn."""
+
+    def __init__(self, tree: DataTree | None = None) -> None:
+        self.tree = tree or DataTree()
+        self.zxid = self.tree.last_zxid
+
+    def apply(self, body: TxnBody, *, time_ms: int = 1_000, session_id: int = 0):
+        self.zxid += 1
+        return self.tree.apply(Txn(zxid=self.zxid, time_ms=time_ms, session_id=session_id, xid=0, body=body))
+
+
+def create(path: str, data: bytes = b"", mode: CreateMode = CreateMode.PERSISTENT, **kwargs) -> CreateTxn:
+    return CreateTxn(path=path, data=data, mode=mode, **kwargs)
+
+
+def test_fresh_tree_holds_root_and_reserved_subtree_at_zxid_zero() -> None:
+    tree = DataTree()
+    assert tree.last_zxid == 0
+    assert tree.node_count == 2
+    children, root_stat = tree.get_children("/")
+    assert children == ["coord"]
+    assert root_stat == Stat(0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0)
+    assert tree.exists("/coord") == Stat(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+
+
+def test_create_sets_stat_fields_and_bumps_parent_counters() -> None:
+    a = Applier()
+    a.apply(create("/a"), time_ms=100)
+    result = a.apply(create("/a/b", b"hello"), time_ms=200)
+    assert result.error == 0
+    stat = [2, 2, 200, 200, 0, 0, 0, 0, 5, 0, 2]
+    assert result.result == ["/a/b", stat]
+    assert result.events == [(CREATED, "/a/b"), (CHILDREN_CHANGED, "/a")]
+    assert a.tree.get_data("/a/b") == (b"hello", Stat(*stat))
+    # the parent: created at 1, one child, cversion 1, pzxid of the child's create, data untouched
+    assert a.tree.exists("/a") == Stat(1, 1, 100, 100, 0, 1, 0, 0, 0, 1, 2)
+    assert a.tree.last_zxid == 2
+
+
+def test_create_with_parents_creates_each_first_with_events_in_order() -> None:
+    a = Applier()
+    result = a.apply(create("/x/y/z", b"d", parents=("/x", "/x/y")))
+    assert result.result[0] == "/x/y/z"
+    assert result.events == [
+        (CREATED, "/x"),
+        (CHILDREN_CHANGED, "/"),
+        (CREATED, "/x/y"),
+        (CHILDREN_CHANGED, "/x"),
+        (CREATED, "/x/y/z"),
+        (CHILDREN_CHANGED, "/x/y"),
+    ]
+    for parent in ("/x", "/x/y"):
+        node = a.tree.get_node(parent)
+        assert node is not None
+        assert (node.data, node.mode, node.num_children, node.cversion, node.czxid) == (
+            b"",
+            CreateMode.PERSISTENT,
+            1,
+            1,
+            1,
+        )
+
+
+def test_set_data_replaces_data_and_bumps_version_mzxid_mtime_only() -> None:
+    a = Applier()
+    a.apply(create("/a", b"one"), time_ms=100)
+    result = a.apply(SetDataTxn(path="/a", data=b"three"), time_ms=300)
+    assert result.result == [1, 2, 100, 300, 1, 0, 0, 0, 5, 0, 1]
+    assert result.events == [(DATA_CHANGED, "/a")]
+    a.apply(SetDataTxn(path="/a", data=b""), time_ms=400)
+    data, stat = a.tree.get_data("/a")
+    assert (data, stat.version, stat.mzxid, stat.mtime, stat.czxid, stat.ctime) == (b"", 2, 3, 400, 1, 100)
+
+
+def test_delete_removes_node_and_updates_parent() -> None:
+    a = Applier()
+    a.apply(create("/a"))
+    a.apply(create("/a/b"))
+    result = a.apply(DeleteTxn(path="/a/b"))
+    assert (result.error, result.result) == (0, None)
+    assert result.events == [(DELETED, "/a/b"), (CHILDREN_CHANGED, "/a")]
+    assert a.tree.get_node("/a/b") is None
+    stat = a.tree.exists("/a")
+    assert stat is not None
+    assert (stat.num_children, stat.cversion, stat.pzxid) == (0, 2, 3)
+    assert a.tree.get_children("/a")[0] == []
+    assert a.tree.child_names("/a") == set()
+
+
+def test_reads_of_a_missing_node_raise_no_node() -> None:
+    tree = DataTree()
+    assert tree.exists("/nope") is None
+    assert tree.get_node("/nope") is None
+    with pytest.raises(NoNodeError):
+        tree.get_data("/nope")
+    with pytest.raises(NoNodeError):
+        tree.get_children("/nope")
+    assert tree.child_names("/nope") == set()
+
+
+def test_get_children_sorts_names_and_child_names_is_live() -> None:
+    a = Applier()
+    a.apply(create("/p"))
+    for name in ("c", "a", "b"):
+        a.apply(create(f"/p/{name}"))
+    live = a.tree.child_names("/p")
+    assert a.tree.get_children("/p")[0] == ["a", "b", "c"]
+    a.apply(create("/p/d"))
+    assert "d" in live
+
+
+def test_error_txn_changes_nothing_but_last_zxid() -> None:
+    a = Applier()
+    before = a.tree.digest()
+    result = a.apply(ErrorTxn(code=NoNodeError.code))
+    assert (result.error, result.result, result.events) == (NoNodeError.code, None, [])
+    assert a.tree.last_zxid == 1
+    after = DataTree()
+    after.last_zxid = 1
+    assert a.tree.digest() == after.digest() != before
+
+
+def test_failed_multi_answers_ok_with_per_op_codes() -> None:
+    a = Applier()
+    result = a.apply(ErrorTxn(code=NoNodeError.code, multi_codes=(0, NoNodeError.code, -2)))
+    assert (result.error, result.result, result.events) == (0, [False, [0, -101, -2]], [])
+
+
+def test_multi_applies_ops_in_order_with_one_zxid_and_concatenated_events() -> None:
+    a = Applier()
+    result = a.apply(
+        MultiTxn(
+            ops=(
+                create("/m", b"1"),
+                SetDataTxn(path="/m", data=b"22"),
+                CheckTxn(path="/m"),
+                create("/m/k"),
+                DeleteTxn(path="/m/k"),
+            )
+        ),
+        time_ms=50,
+    )
+    assert result.error == 0
+    assert result.result == [
+        True,
+        [
+            ["/m", [1, 1, 50, 50, 0, 0, 0, 0, 1, 0, 1]],
+            [1, 1, 50, 50, 1, 0, 0, 0, 2, 0, 1],
+            None,
+            ["/m/k", [1, 1, 50, 50, 0, 0, 0, 0, 0, 0, 1]],
+            None,
+        ],
+    ]
+    assert result.events == [
+        (CREATED, "/m"),
+        (CHILDREN_CHANGED, "/"),
+        (DATA_CHANGED, "/m"),
+        (CREATED, "/m/k"),
+        (CHILDREN_CHANGED, "/m"),
+        (DELETED, "/m/k"),
+        (CHILDREN_CHANGED, "/m"),
+    ]
+    assert a.tree.exists("/m") == Stat(1, 1, 50, 50, 1, 2, 0, 0, 2, 0, 1)
+
+
+def test_apply_refuses_a_zxid_that_does_not_grow() -> None:
+    tree = DataTree()
+    tree.apply(Txn(zxid=5, time_ms=0, session_id=0, xid=0, body=create("/a")))
+    with pytest.raises(AssertionError):
+        tree.apply(Txn(zxid=5, time_ms=0, session_id=0, xid=0, body=create("/b")))
+    assert tree.get_node("/b") is None
+
+
+def test_session_is_created_with_its_zxid_as_id() -> None:
+    a = Applier()
+    a.apply(create("/a"))
+    result = a.apply(CreateSessionTxn(timeout_ms=4_000, password=b"secret"))
+    assert result.result == 2
+    record = a.tree.sessions[2]
+    assert (record.session_id, record.timeout_ms, record.password) == (2, 4_000, b"secret")
+
+
+def test_close_session_deletes_exactly_its_ephemerals_in_sorted_order() -> None:
+    a = Applier()
+    mine = a.apply(CreateSessionTxn(timeout_ms=1, password=b"")).result
+    other = a.apply(CreateSessionTxn(timeout_ms=1, password=b"")).result
+    a.apply(create("/locks"))
+    a.apply(create("/locks/b", mode=CreateMode.EPHEMERAL, ephemeral_owner=mine))
+    a.apply(create("/locks/a", mode=CreateMode.EPHEMERAL, ephemeral_owner=mine))
+    a.apply(create("/z", mode=CreateMode.EPHEMERAL, ephemeral_owner=mine))
+    a.apply(create("/locks/c", mode=CreateMode.EPHEMERAL, ephemeral_owner=other))
+    assert a.tree.ephemerals(mine) == ["/locks/a", "/locks/b", "/z"]
+    result = a.apply(CloseSessionTxn(session_id=mine))
+    assert result.events == [
+        (DELETED, "/locks/a"),
+        (CHILDREN_CHANGED, "/locks"),
+        (DELETED, "/locks/b"),
+        (CHILDREN_CHANGED, "/locks"),
+        (DELETED, "/z"),
+        (CHILDREN_CHANGED, "/"),
+    ]
+    assert mine not in a.tree.sessions and other in a.tree.sessions
+    assert a.tree.ephemerals(mine) == []
+    assert a.tree.get_children("/locks")[0] == ["c"]
+    assert a.tree.ephemerals(other) == ["/locks/c"]
+
+
+def test_deleting_an_ephemeral_removes_it_from_the_session_index() -> None:
+    a = Applier()
+    session = a.apply(CreateSessionTxn(timeout_ms=1, password=b"")).result
+    a.apply(create("/e", mode=CreateMode.EPHEMERAL, ephemeral_owner=session))
+    a.apply(DeleteTxn(path="/e"))
+    assert a.tree.ephemerals(session) == []
+    result = a.apply(CloseSessionTxn(session_id=session))
+    assert result.events == []
+
+
+def test_container_is_a_candidate_only_after_it_had_a_child_and_is_empty() -> None:
+    a = Applier()
+    a.apply(create("/c", mode=CreateMode.CONTAINER))
+    assert a.tree.cleanup_candidates(10**12) == []  # never used: kept
+    a.apply(create("/c/x"))
+    assert a.tree.cleanup_candidates(10**12) == []  # has a child
+    a.apply(DeleteTxn(path="/c/x"))
+    assert a.tree.cleanup_candidates(0) == ["/c"]  # time does not matter for containers
+    a.apply(DeleteTxn(path="/c"))
+    assert a.tree.cleanup_candidates(10**12) == []
+
+
+def test_ttl_node_is_a_candidate_once_mtime_plus_ttl_has_passed_and_it_is_empty() -> None:
+    a = Applier()
+    a.apply(create("/t", mode=CreateMode.PERSISTENT_WITH_TTL, ttl_ms=500), time_ms=1_000)
+    a.apply(create("/s", mode=CreateMode.PERSISTENT_SEQUENTIAL_WITH_TTL, ttl_ms=100), time_ms=1_000)
+    assert a.tree.cleanup_candidates(1_099) == []
+    assert a.tree.cleanup_candidates(1_100) == ["/s"]
+    assert a.tree.cleanup_candidates(1_500) == ["/s", "/t"]
+    a.apply(SetDataTxn(path="/t", data=b"touch"), time_ms=1_400)  # a write restarts the clock
+    assert a.tree.cleanup_candidates(1_500) == ["/s"]
+    a.apply(create("/t/child"), time_ms=1_400)
+    assert a.tree.cleanup_candidates(10**12) == ["/s"]
+
+
+def test_image_is_unaffected_by_later_changes() -> None:
+    a = Applier()
+    a.apply(create("/a", b"old"))
+    a.apply(CreateSessionTxn(timeout_ms=1, password=b""))
+    image = a.tree.image()
+    frozen = DataTree.serialize_image(image)
+    a.apply(SetDataTxn(path="/a", data=b"new"))
+    a.apply(create("/b"))
+    a.apply(CloseSessionTxn(session_id=2))
+    assert image.last_zxid == 2
+    assert image.nodes["/a"].data == b"old"
+    assert "/b" not in image.nodes
+    assert 2 in image.sessions
+    assert DataTree.serialize_image(image) == frozen
+
+
+def build_sample(applier: Applier) -> None:
+    s1 = applier.apply(CreateSessionTxn(timeout_ms=3_000, password=b"p1")).result
+    applier.apply(CreateSessionTxn(timeout_ms=5_000, password=b"p2"))
+    applier.apply(create("/app/cfg", b"\x00\xff", parents=("/app",)), time_ms=7)
+    applier.apply(create("/app/e", mode=CreateMode.EPHEMERAL, ephemeral_owner=s1))
+    applier.apply(create("/box", mode=CreateMode.CONTAINER))
+    applier.apply(create("/box/x"))
+    applier.apply(DeleteTxn(path="/box/x"))
+    applier.apply(create("/ttl", mode=CreateMode.PERSISTENT_WITH_TTL, ttl_ms=10), time_ms=20)
+    applier.apply(SetDataTxn(path="/app/cfg", data=b"v2"), time_ms=9)
+
+
+def test_equal_txns_give_byte_identical_images_and_a_faithful_round_trip() -> None:
+    first, second = Applier(), Applier()
+    build_sample(first)
+    build_sample(second)
+    data = DataTree.serialize_image(first.tree.image())
+    assert data == DataTree.serialize_image(second.tree.image())
+    restored = DataTree.from_bytes(data)
+    assert restored.digest() == first.tree.digest()
+    assert DataTree.serialize_image(restored.image()) == data
+    assert restored.nodes == first.tree.nodes
+    assert all(type(node) is Node and type(node.mode) is CreateMode for node in restored.nodes.values())
+    # the derived indexes are rebuilt, not just the nodes
+    assert restored.get_children("/") == first.tree.get_children("/")
+    assert restored.ephemerals(1) == ["/app/e"]
+    assert restored.cleanup_candidates(30) == ["/box", "/ttl"]
+    assert restored.sessions == first.tree.sessions
+    # and the restored tree keeps applying like the original
+    first.apply(CloseSessionTxn(session_id=1))
+    again = Applier(restored)
+    again.apply(CloseSessionTxn(session_id=1))
+    assert again.tree.digest() == first.tree.digest()
+
+
+def test_image_bytes_do_not_depend_on_dict_order() -> None:
+    a = Applier()
+    build_sample(a)
+    image = a.tree.image()
+    shuffled = TreeImage(
+        image.last_zxid, dict(reversed(image.nodes.items())), dict(reversed(image.sessions.items()))
+    )
+    assert list(shuffled.nodes) != list(image.nodes)
+    assert DataTree.serialize_image(shuffled) == DataTree.serialize_image(image)
+
+
+def test_digest_tells_trees_apart_by_any_field() -> None:
+    first, second = Applier(), Applier()
+    first.apply(create("/a"), time_ms=1)
+    second.apply(create("/a"), time_ms=2)
+    assert first.tree.digest() != second.tree.digest()
+
+
+def test_from_bytes_rejects_an_inconsistent_image() -> None:
+    a = Applier()
+    a.apply(create("/a"))
+    image = a.tree.image()
+    image.nodes["/a"] = image.nodes["/a"].with_child_added(1)  # claims a child it does not have
+    with pytest.raises(ValueError, match="inconsistent"):
+        DataTree.from_bytes(DataTree.serialize_image(image))
+    with pytest.raises(ValueError):
+        DataTree.from_bytes(b"\x83\x01\x02\x03")
