@@ -28,6 +28,10 @@ whichever comes first; requests still in flight then get ``drain_seconds`` to fi
 Latency is measured per operation from just before it is issued to its completion
 (for kazoo: when its completion callback runs). Throughput is completed operations
 divided by the time from the first issue to the last completion.
+
+After the phases, each create phase is checked against the server: its parent must have
+exactly as many children as creates were acknowledged, and the last one must hold the value
+written. A mismatch counts as an error of that phase (the benchmark then exits non-zero).
 """
 
 from __future__ import annotations
@@ -168,8 +172,36 @@ def _percentile_ms(ordered: Sequence[float], quantile: float) -> float:
     return round(ordered[min(rank, len(ordered)) - 1] * 1000.0, 3)
 
 
+def _parent_path(workload: Workload, phase: Phase) -> str:
+    return f"{workload.root}/{phase.name}"
+
+
 def _node_path(workload: Workload, phase: Phase, index: int) -> str:
-    return f"{workload.root}/{phase.name}/n{index:07d}"
+    return f"{_parent_path(workload, phase)}/n{index:07d}"
+
+
+def _verify(acknowledged: int, found: int, sample: bytes | None, value: bytes) -> str | None:
+    """Compare a create phase's acknowledged creates with what the server holds afterwards.
+
+    Returns:
+        None if the counts agree and the sampled znode holds the value written, else the problem.
+    """
+    if found != acknowledged:
+        return f"verify: {acknowledged} creates acknowledged but {found} znodes found"
+    if sample is not None and sample != value:
+        return "verify: a created znode does not hold the value written"
+    return None
+
+
+def _check(results: list[PhaseResult], phase: Phase, problem: str | None) -> None:
+    """Count a failed verification as an error of the phase it concerns (warm-up: reported only)."""
+    if problem is None:
+        return
+    print(f"  {phase.name}: {problem}", file=sys.stderr, flush=True)
+    for result in results:
+        if result.phase == phase.name:
+            result.errors += 1
+            result.first_error = result.first_error or problem
 
 
 def _progress(system: str, result: PhaseResult) -> None:
@@ -243,9 +275,10 @@ def run_kazoo_phases(connect_string: str, workload: Workload) -> list[PhaseResul
     results: list[PhaseResult] = []
     try:
         created: list[str] = []
+        to_check: list[tuple[Phase, list[str]]] = []
         for phase, count in _phase_plan(workload):
             if phase.operation == "create":
-                zk.ensure_path(f"{workload.root}/{phase.name}")
+                zk.ensure_path(_parent_path(workload, phase))
                 paths = [_node_path(workload, phase, index) for index in range(count)]
                 value = workload.value
                 recorder = _kazoo_window(
@@ -254,7 +287,9 @@ def run_kazoo_phases(connect_string: str, workload: Workload) -> list[PhaseResul
                     phase.concurrency,
                     workload,
                 )
-                created.extend(paths[index] for index in sorted(recorder.succeeded))
+                done = [paths[index] for index in sorted(recorder.succeeded)]
+                created.extend(done)
+                to_check.append((phase, done))
             else:
                 targets = created or [workload.root]
                 recorder = _kazoo_window(
@@ -267,6 +302,10 @@ def run_kazoo_phases(connect_string: str, workload: Workload) -> list[PhaseResul
             if phase in PHASES:
                 results.append(result)
                 _progress("ZooKeeper", result)
+        for phase, done in to_check:
+            children = zk.get_children(_parent_path(workload, phase))
+            sample = zk.get(done[-1])[0] if done else None
+            _check(results, phase, _verify(len(done), len(children), sample, workload.value))
     finally:
         zk.stop()
         zk.close()
@@ -339,32 +378,48 @@ async def run_coord_phases(connect_string: str, workload: Workload) -> list[Phas
     import client  # our trio client; imported here so the ZooKeeper half runs without it
 
     results: list[PhaseResult] = []
-    async with contextlib.AsyncExitStack() as stack:
-        with trio.fail_after(30):
-            zk = await stack.enter_async_context(
-                client.connect(connect_string, session_timeout=workload.session_timeout)
-            )
-        created: list[str] = []
-        for phase, count in _phase_plan(workload):
-            if phase.operation == "create":
-                await _ensure_coord_path(zk, f"{workload.root}/{phase.name}")
-                paths = [_node_path(workload, phase, index) for index in range(count)]
-                value = workload.value
-
-                async def create(index: int, paths: list[str] = paths, value: bytes = value) -> object:
-                    return await zk.create(paths[index], value)
-
-                recorder = await _trio_window(create, count, phase.concurrency, workload)
-                created.extend(paths[index] for index in sorted(recorder.succeeded))
-            else:
-                targets = created or [workload.root]
-
-                async def get(index: int, targets: list[str] = targets) -> object:
-                    return await zk.get(targets[index % len(targets)])
-
-                recorder = await _trio_window(get, count, phase.concurrency, workload)
-            result = recorder.result(phase)
-            if phase in PHASES:
-                results.append(result)
-                _progress("coord", result)
+    plan = _phase_plan(workload)
+    # One bound for everything, connect included (each phase bounds itself; this catches a hang
+    # in connecting or closing). A cancel scope may not end inside the client's nursery, so it
+    # wraps the whole `async with`.
+    budget = 60.0 + len(plan) * (workload.seconds_per_phase + workload.drain_seconds)
+    with trio.fail_after(budget):
+        async with client.connect(connect_string, session_timeout=workload.session_timeout) as zk:
+            await _run_coord_plan(zk, plan, workload, results)
     return results
+
+
+async def _run_coord_plan(
+    zk: Any, plan: list[tuple[Phase, int]], workload: Workload, results: list[PhaseResult]
+) -> None:
+    """The phases of :func:`run_coord_phases` on a connected client; appends to ``results``."""
+    created: list[str] = []
+    to_check: list[tuple[Phase, list[str]]] = []
+    for phase, count in plan:
+        if phase.operation == "create":
+            await _ensure_coord_path(zk, _parent_path(workload, phase))
+            paths = [_node_path(workload, phase, index) for index in range(count)]
+            value = workload.value
+
+            async def create(index: int, paths: list[str] = paths, value: bytes = value) -> object:
+                return await zk.create(paths[index], value)
+
+            recorder = await _trio_window(create, count, phase.concurrency, workload)
+            done = [paths[index] for index in sorted(recorder.succeeded)]
+            created.extend(done)
+            to_check.append((phase, done))
+        else:
+            targets = created or [workload.root]
+
+            async def get(index: int, targets: list[str] = targets) -> object:
+                return await zk.get(targets[index % len(targets)])
+
+            recorder = await _trio_window(get, count, phase.concurrency, workload)
+        result = recorder.result(phase)
+        if phase in PHASES:
+            results.append(result)
+            _progress("coord", result)
+    for phase, done in to_check:
+        children = await zk.get_children(_parent_path(workload, phase))
+        sample = (await zk.get(done[-1]))[0] if done else None
+        _check(results, phase, _verify(len(done), len(children), sample, workload.value))

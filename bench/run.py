@@ -5,6 +5,7 @@ Usage (from the repository root)::
     make bench                          # or:
     .venv/bin/python -m bench.run       # or: .venv/bin/python bench/run.py
     .venv/bin/python -m bench.run --ops 2000 --seconds 10 --systems coord
+    .venv/bin/python -m bench.run --rounds 3     # fresh servers each round; the table shows medians
 
 It starts a throwaway standalone ZooKeeper (skipped, with a message, if it is not installed:
 ``apt-get install zookeeper``) and runs the phases of :mod:`bench.load` against it with kazoo;
@@ -14,19 +15,22 @@ deleted afterwards, and fsync before acknowledging a write. It prints one table
 (phase | ZooKeeper (kazoo) | coord | ratio coord/ZK) and writes the full results as JSON to
 ``bench/results/`` (git-ignored).
 
-Exit status: 0 if every system that is installed was measured without errors, 1 otherwise,
-130 on Ctrl-C (servers are stopped and temp dirs removed in every case).
+Exit status: 0 if every system that is installed was measured without errors (including the
+check afterwards that the acknowledged creates are all there), 1 otherwise, 130 on Ctrl-C or
+SIGTERM (servers are stopped and temp dirs removed in every case).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import enum
 import importlib.metadata
 import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import traceback
@@ -42,7 +46,8 @@ import trio
 from bench import load
 from bench._process import log_tail
 from bench.coord_server import CoordNotAvailableError, CoordStartError, run_coord
-from bench.zk_server import ZooKeeperNotInstalledError, ZooKeeperStartError, run_zookeeper
+from bench.load import PhaseResult
+from bench.zk_server import ZooKeeperNotInstalledError, ZooKeeperStartError, four_letter_word, run_zookeeper
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -62,14 +67,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=f"{ZOOKEEPER},{COORD}",
         help=f"comma-separated subset of {ZOOKEEPER},{COORD} to measure",
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="repeat everything; the table shows the median (noisy machines)"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS_DIR, help="directory for the JSON report")
     args = parser.parse_args(argv)
     args.systems = [name.strip() for name in args.systems.split(",") if name.strip()]
     unknown = set(args.systems) - {ZOOKEEPER, COORD}
     if unknown:
         parser.error(f"unknown system(s) {sorted(unknown)}; choose from {ZOOKEEPER}, {COORD}")
-    if args.ops <= 0 or args.seconds <= 0 or args.value_bytes < 0 or args.warmup < 0:
-        parser.error("--ops and --seconds must be positive, --value-bytes and --warmup not negative")
+    if args.ops <= 0 or args.rounds <= 0 or args.seconds <= 0 or args.value_bytes < 0 or args.warmup < 0:
+        parser.error("--ops, --rounds and --seconds must be positive, --value-bytes and --warmup not negative")
     return args
 
 
@@ -90,14 +98,30 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _measure_zookeeper(workload: load.Workload, report: dict[str, Any]) -> bool:
-    """Run the phases against ZooKeeper; fill ``report``. Returns False on a failure (not on a skip)."""
+def _zookeeper_stats(host: str, port: int) -> dict[str, str]:
+    """ZooKeeper's own counters after the run (``mntr``): server-side latencies, packets, znodes."""
+    keep = ("zk_avg_latency", "zk_max_latency", "zk_min_latency", "zk_packets_received", "zk_znode_count")
+    try:
+        text = four_letter_word(host, port, "mntr")
+    except OSError:
+        return {}
+    pairs = (line.split("\t", 1) for line in text.splitlines() if "\t" in line)
+    return {key: value for key, value in pairs if key in keep}
+
+
+class _Outcome(enum.Enum):
+    MEASURED = "measured"
+    SKIPPED = "skipped"  # not installed: not a failure
+    FAILED = "failed"
+
+
+def _measure_zookeeper(workload: load.Workload, report: dict[str, Any]) -> tuple[_Outcome, list[PhaseResult]]:
+    """Start ZooKeeper, run the phases with kazoo, stop it. Notes a skip or failure in ``report``."""
     try:
         import kazoo  # noqa: F401  (only checking that it is installed)
     except ImportError:
         report["notes"][ZOOKEEPER] = "skipped: kazoo is not installed (pip install -e '.[bench]')"
-        print(f"ZooKeeper: {report['notes'][ZOOKEEPER]}", file=sys.stderr)
-        return True
+        return _Outcome.SKIPPED, []
     try:
         with run_zookeeper() as server:
             print(f"ZooKeeper {server.version} at {server.connect_string} (kazoo, threading handler)", file=sys.stderr)
@@ -111,23 +135,22 @@ def _measure_zookeeper(workload: load.Workload, report: dict[str, Any]) -> bool:
             except Exception:
                 print(f"ZooKeeper log:\n{log_tail(server.work_dir / 'log' / 'zookeeper.log')}", file=sys.stderr)
                 raise
+            report["servers"][ZOOKEEPER]["mntr"] = _zookeeper_stats(server.host, server.port)
     except ZooKeeperNotInstalledError as error:
         report["notes"][ZOOKEEPER] = f"skipped: {error}"
-        print(f"ZooKeeper: {report['notes'][ZOOKEEPER]}", file=sys.stderr)
-        return True
+        return _Outcome.SKIPPED, []
     except ZooKeeperStartError as error:
         report["notes"][ZOOKEEPER] = f"failed: {error}"
-        return False
+        return _Outcome.FAILED, []
     except Exception as error:
-        report["notes"][ZOOKEEPER] = f"failed: {_describe(error)}"
         traceback.print_exc()
-        return False
-    report["results"][ZOOKEEPER] = [result.as_dict() for result in results]
-    return all(result.errors == 0 for result in results)
+        report["notes"][ZOOKEEPER] = f"failed: {_describe(error)}"
+        return _Outcome.FAILED, []
+    return _Outcome.MEASURED, results
 
 
-def _measure_coord(workload: load.Workload, report: dict[str, Any]) -> bool:
-    """Run the phases against a coord subprocess; fill ``report``. Returns False on a failure (not on a skip)."""
+def _measure_coord(workload: load.Workload, report: dict[str, Any]) -> tuple[_Outcome, list[PhaseResult]]:
+    """Start a coord subprocess, run the phases with the trio client, stop it. Notes a skip or failure."""
     try:
         with run_coord() as server:
             print(f"coord at {server.connect_string} (trio client)", file=sys.stderr)
@@ -135,23 +158,41 @@ def _measure_coord(workload: load.Workload, report: dict[str, Any]) -> bool:
                 "git": _command_output(["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT)
             }
             try:
-                results = trio.run(load.run_coord_phases, server.connect_string, workload)
+                results = trio.run(_run_coord_phases, server.connect_string, workload)
             except Exception:
                 print(f"coord server log:\n{log_tail(server.work_dir / 'server.log')}", file=sys.stderr)
                 raise
     except CoordNotAvailableError as error:
         report["notes"][COORD] = f"skipped: {error}"
-        print(f"coord: {report['notes'][COORD]}", file=sys.stderr)
-        return True
+        return _Outcome.SKIPPED, []
     except CoordStartError as error:
         report["notes"][COORD] = f"failed: {error}"
-        return False
+        return _Outcome.FAILED, []
     except Exception as error:
-        report["notes"][COORD] = f"failed: {_describe(error)}"
         traceback.print_exc()
-        return False
-    report["results"][COORD] = [result.as_dict() for result in results]
-    return all(result.errors == 0 for result in results)
+        report["notes"][COORD] = f"failed: {_describe(error)}"
+        return _Outcome.FAILED, []
+    return _Outcome.MEASURED, results
+
+
+def median_results(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per phase, the median of each metric over the rounds (errors: the total).
+
+    Args:
+        rounds: One list of phase rows (:meth:`PhaseResult.as_dict`) per round.
+
+    Returns:
+        One row per phase, shaped like the inputs.
+    """
+    merged: list[dict[str, Any]] = []
+    for rows in zip(*rounds, strict=True):
+        row = dict(rows[0])
+        for metric in ("ops", "seconds", "ops_per_s", "p50_ms", "p99_ms", "max_ms"):
+            row[metric] = statistics.median(other[metric] for other in rows)
+        row["errors"] = sum(other["errors"] for other in rows)
+        row["first_error"] = next((other["first_error"] for other in rows if other["first_error"]), None)
+        merged.append(row)
+    return merged
 
 
 def _format_number(value: float | None, unit: str) -> str:
@@ -188,16 +229,39 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def _terminate_like_ctrl_c(signum: int, frame: object) -> None:
-    """SIGTERM handler: clean up exactly as on Ctrl-C (stop the servers, delete temp dirs).
+    """SIGTERM handler outside trio: clean up exactly as on Ctrl-C (stop servers, delete temp dirs).
 
-    Re-raised as SIGINT when something handles SIGINT (Python's default handler, or trio's
-    inside ``trio.run``, which delivers it safely); a second SIGTERM kills at once.
+    Inside ``trio.run`` :func:`_run_coord_phases` receives SIGTERM itself instead, since an
+    exception raised from a signal handler could land inside trio's own machinery.
     """
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if callable(signal.getsignal(signal.SIGINT)):
-        signal.raise_signal(signal.SIGINT)
-    else:  # SIGINT is ignored (started in the background by a script)
+    raise KeyboardInterrupt
+
+
+async def _run_coord_phases(connect_string: str, workload: load.Workload) -> list[PhaseResult]:
+    """:func:`bench.load.run_coord_phases`, ended cleanly by SIGTERM or Ctrl-C (raises KeyboardInterrupt)."""
+    terminated = False
+    results: list[PhaseResult] = []
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM) as received:
+            async with trio.open_nursery() as nursery:
+
+                async def cancel_on_sigterm() -> None:
+                    nonlocal terminated
+                    async for _ in received:
+                        terminated = True
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(cancel_on_sigterm)
+                results = await load.run_coord_phases(connect_string, workload)
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # Ctrl-C lands in whichever task is running and reaches us wrapped in a group.
+        if group.subgroup(KeyboardInterrupt) is not None:
+            raise KeyboardInterrupt from None
+        raise
+    if terminated:
         raise KeyboardInterrupt
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,18 +282,37 @@ def main(argv: list[str] | None = None) -> int:
         "workload": asdict(workload),
         "phases": {phase.name: phase.description for phase in load.PHASES},
         "servers": {},
-        "results": {},
+        "rounds": [],  # every round's rows, per system
+        "results": {},  # per system: the median over the rounds (what the table shows)
         "notes": {},
     }
-    ok = True
+    measure = {ZOOKEEPER: _measure_zookeeper, COORD: _measure_coord}
+    systems = list(args.systems)
+    failed: set[str] = set()
     try:
-        if ZOOKEEPER in args.systems:
-            ok = _measure_zookeeper(workload, report) and ok
-        if COORD in args.systems:
-            ok = _measure_coord(workload, report) and ok
+        for round_number in range(1, args.rounds + 1):
+            if args.rounds > 1:
+                print(f"round {round_number}/{args.rounds}", file=sys.stderr)
+            this_round: dict[str, list[dict[str, Any]]] = {}
+            for system in list(systems):
+                outcome, results = measure[system](workload, report)
+                if outcome is _Outcome.MEASURED:
+                    this_round[system] = [result.as_dict() for result in results]
+                    if any(result.errors for result in results):
+                        failed.add(system)
+                else:  # neither a skip nor a start failure will fix itself in the next round
+                    print(f"{system}: {report['notes'][system]}", file=sys.stderr)
+                    systems.remove(system)
+                    if outcome is _Outcome.FAILED:
+                        failed.add(system)
+            report["rounds"].append(this_round)
     except KeyboardInterrupt:
         print("interrupted; servers stopped, temp dirs removed", file=sys.stderr)
         return 130
+    for system in args.systems:
+        measured = [this_round[system] for this_round in report["rounds"] if system in this_round]
+        if measured:
+            report["results"][system] = median_results(measured)
     print()
     print(format_table(report))
     for system, note in report["notes"].items():
@@ -238,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     path = args.output / f"bench-{started:%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"results written to {path}")
-    return 0 if ok else 1
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

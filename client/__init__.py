@@ -1,13 +1,27 @@
 """coord's client library: trio-native, with kazoo's vocabulary.
 
-    async with client.connect("127.0.0.1:2281") as zk:
+::
+
+    async with client.connect("127.0.0.1:2281,127.0.0.1:2282") as zk:
         await zk.create("/app/config", b"v1", makepath=True)
         watch = client.Watch()
         data, stat = await zk.get("/app/config", watch=watch)
-        event = await watch.wait()
+        event = await watch.wait()          # WatchEvent(EventType.NODE_DATA_CHANGED, "/app/config")
 
-See :func:`connect` and :class:`Client`. Errors are the classes of
-:mod:`coord.errors` (one hierarchy under :class:`CoordError`), re-exported here.
+        async with zk.transaction() as t:   # all or nothing
+            t.set_data("/app/config", b"v2", version=stat.version)
+            t.create("/app/history-", b"v2", sequence=True)
+
+        async with zk.add_watch("/app", recursive=True) as events:
+            async for event in events: ...
+
+        async for state in zk.states():     # CONNECTED, SUSPENDED, ..., LOST
+            ...
+
+:func:`connect` opens a session and yields a :class:`Client`; its methods are
+kazoo's, made async. Errors are the classes of :mod:`coord.errors` (one hierarchy
+under :class:`CoordError`), re-exported here; :class:`Retry` retries the ones that
+may pass. Everything is cancellable; no threads, no callbacks.
 """
 
 from client._client import Client as Client

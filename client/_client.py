@@ -10,6 +10,23 @@ async iterator too (``zk.states()``).
 Every call checks its arguments before anything is sent (``BadArgumentsError``),
 then may run concurrently with any number of others: requests are pipelined on one
 connection and their replies come back in order (see :mod:`client._connection`).
+
+Where we differ from kazoo, and why
+    - No callbacks anywhere: ``watch=`` takes a :class:`~client.Watch`, not a function.
+    - ``create``'s flags are keyword-only: kazoo's third positional parameter is
+      ``acl``, which coord does not have, so a positional call could silently mean
+      something else.
+    - ``LOST`` is final. kazoo opens a new session behind the caller's back after
+      an expiry; here the client stays lost (every call raises
+      ``SessionExpiredError``) and the program decides, typically by leaving the
+      ``connect`` block and opening a new one.
+    - While ``SUSPENDED``, new calls wait for the reconnect (as kazoo queues them);
+      only calls that were in flight on the dropped connection raise
+      ``ConnectionLossError``.
+    - :class:`~client.Retry` raises the last real error when it gives up, not
+      ``RetryFailedError``.
+    - ``delete`` and ``ensure_path`` return None rather than ``True``.
+    - No ACLs, auth, chroot or read-only mode (the service has none of them).
 """
 
 from __future__ import annotations
@@ -39,7 +56,7 @@ from client._transaction import Transaction
 from client._validate import check_path, check_value, check_version, create_mode
 from client._watch import Watch, WatchStream
 from coord.errors import BadArgumentsError, CoordError, NodeExistsError, NoNodeError
-from coord.protocol import DATA_BYTES_MAX_DEFAULT, AddWatchMode, Stat, WatcherType, join
+from coord.protocol import DATA_BYTES_MAX_DEFAULT, AddWatchMode, Stat, WatcherType, is_reserved, join
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -208,7 +225,7 @@ class Client:
         check_path(path, sequential=sequence)
         if type(value) is not bytes or len(value) > self._data_bytes_max:
             check_value(value, self._data_bytes_max, path)
-        created = await self._call([0, CREATE, path, value, mode, ttl, bool(makepath)], path)
+        created: tuple[str, Stat] = await self._call([0, CREATE, path, value, mode, ttl, bool(makepath)], path)
         return created if include_data else created[0]
 
     async def get(self, path: str, watch: Watch | None = None) -> tuple[bytes, Stat]:
@@ -228,7 +245,8 @@ class Client:
         check_path(path)
         if watch is not None:
             _check_watch(watch)
-        return await self._call([0, GET_DATA, path, watch is not None], path, watch)
+        result: tuple[bytes, Stat] = await self._call([0, GET_DATA, path, watch is not None], path, watch)
+        return result
 
     async def set(self, path: str, value: bytes, version: int = -1) -> Stat:
         """Replace a node's value.
@@ -252,7 +270,8 @@ class Client:
             check_value(value, self._data_bytes_max, path)
         if type(version) is not int:
             check_version(version, path)
-        return await self._call([0, SET_DATA, path, value, version], path)
+        stat: Stat = await self._call([0, SET_DATA, path, value, version], path)
+        return stat
 
     async def delete(self, path: str, version: int = -1, recursive: bool = False) -> None:
         """Delete a node.
@@ -264,6 +283,8 @@ class Client:
             recursive: delete its children first, depth-first (children that vanish
                 meanwhile are fine; a missing ``path`` is not an error then). Not
                 atomic: a child created concurrently makes it fail with NotEmptyError.
+                ``delete("/", recursive=True)`` empties the tree but for the root and
+                the service's read-only ``/coord`` subtree.
 
         Raises:
             NoNodeError: no such node (unless ``recursive``).
@@ -287,7 +308,9 @@ class Client:
         except NoNodeError:
             return
         for child in children:
-            await self._delete_recursive(join(path, child), -1)
+            child_path = join(path, child)
+            if not is_reserved(child_path):  # the service's own subtree is read-only
+                await self._delete_recursive(child_path, -1)
         if path == "/":
             return  # the root stays, as in kazoo
         with contextlib.suppress(NoNodeError):
@@ -308,7 +331,8 @@ class Client:
         check_path(path)
         if watch is not None:
             _check_watch(watch)
-        return await self._call([0, EXISTS, path, watch is not None], path, watch)
+        stat: Stat | None = await self._call([0, EXISTS, path, watch is not None], path, watch)
+        return stat
 
     @overload
     async def get_children(
@@ -340,6 +364,8 @@ class Client:
         check_path(path)
         if watch is not None:
             _check_watch(watch)
+        names: list[str]
+        stat: Stat
         names, stat = await self._call([0, GET_CHILDREN, path, watch is not None, bool(include_data)], path, watch)
         if include_data:
             return names, stat
@@ -366,7 +392,8 @@ class Client:
             ``path``.
         """
         check_path(path)
-        return await self._call([0, SYNC, path], path)
+        synced: str = await self._call([0, SYNC, path], path)
+        return synced
 
     def transaction(self) -> Transaction:
         """A new :class:`Transaction` (``async with zk.transaction() as t:``)."""
@@ -412,7 +439,7 @@ class Client:
             yield stream
         finally:
             stream._end()
-            if self._core.forget_stream(stream) and self._connection.accepting:
+            if self._core.watches.forget_stream(stream) and self._connection.accepting:
                 kind = WatcherType.PERSISTENT_RECURSIVE if recursive else WatcherType.PERSISTENT
                 with trio.move_on_after(REMOVE_WATCH_TIMEOUT_S, shield=True):
                     with contextlib.suppress(CoordError):

@@ -33,13 +33,9 @@ Ordering
     handshake answer's zxid does not (``last_zxid`` is what the *client* has seen, and
     ``SetWatches`` relies on it to let the server replay what changed since).
 
-Watch routing (the server's table, see :mod:`coord.watches`)
-    NODE_CREATED, NODE_DATA_CHANGED fire data and exist watches on the path;
-    NODE_DELETED also child watches; NODE_CHILDREN_CHANGED child watches only. Every
-    event goes to persistent watchers on the path, and (except NODE_CHILDREN_CHANGED)
-    to recursive watchers on the path and its ancestors. The server notifies a session
-    once per change however many of its watches match, so the client fans one event
-    out to all local watchers, as ZooKeeper's client does.
+Watches
+    They live in a :class:`~client._registry.WatchRegistry` (``watches``), which
+    routes events to them and builds the SetWatches requests that restore them.
 
 Left out: ACLs and auth, chroot, read-only mode.
 """
@@ -54,7 +50,8 @@ from typing import Any, Final
 
 import cbor2
 
-from client._watch import Watch, WatchEvent, WatchStream, _fresh
+from client._registry import WatchRegistry
+from client._watch import WatchEvent, _fresh
 from coord.errors import (
     BadArgumentsError,
     ConnectionLossError,
@@ -70,13 +67,10 @@ from coord.protocol import (
     WATCH_XID,
     ConnectRequest,
     ConnectResponse,
-    EventType,
     FrameReader,
     Op,
     ProtocolError,
-    SetWatchesRequest,
     Stat,
-    WatcherType,
     decode_body,
     decode_event,
     decode_handshake_reply,
@@ -108,10 +102,6 @@ XID_MAX: Final = (1 << 31) - 1
 RECEIVE_FRAME_BYTES_MIN: Final = 16 << 20
 """Replies may be larger than any request (a node with many children), so the
 client accepts frames up to this size even when ``data_bytes_max`` is small."""
-
-SET_WATCHES_BYTES_MAX: Final = 256 * 1024
-"""Watched paths beyond this many bytes go into further SetWatches requests, so a
-client with a huge number of watches never sends a frame over the server's limit."""
 
 _SESSION_EXPIRED: Final = SessionExpiredError.code
 _pack = struct.Struct(">I").pack
@@ -195,12 +185,7 @@ class SessionCore:
         self._early_frames: list[bytes] = []
         self._xid = 0
         self._wake = wake
-        # armed watches: path -> watchers, in arming order
-        self.data_watches: dict[str, list[Watch]] = {}
-        self.exist_watches: dict[str, list[Watch]] = {}
-        self.child_watches: dict[str, list[Watch]] = {}
-        self.persistent_watches: dict[str, list[WatchStream]] = {}
-        self.recursive_watches: dict[str, list[WatchStream]] = {}
+        self.watches = WatchRegistry()
 
     # --- connection lifecycle ---------------------------------------------------------
 
@@ -218,7 +203,7 @@ class SessionCore:
         )
         return encode_frame(request.to_wire())
 
-    def receive_handshake(self, data: bytes) -> ConnectResponse | None:
+    def receive_handshake(self, data: bytes | bytearray) -> ConnectResponse | None:
         """Bytes that arrived before the handshake answer was complete.
 
         Returns:
@@ -232,7 +217,7 @@ class SessionCore:
         """
         reader = self._reader
         assert reader is not None
-        reader.feed(data)
+        reader.feed(data)  # type: ignore[arg-type]  # any bytes-like works; trio gives bytearray too
         # Take every complete frame: leaving a FrameReader's iteration early would
         # keep the current frame in its buffer. Frames after the answer wait in
         # _early_frames for receive().
@@ -266,8 +251,7 @@ class SessionCore:
         self.password = answer.password
         self.timeout_ms = answer.timeout_ms
         self.server_id = answer.server_id
-        self._prune_fired()
-        for request in self._set_watches_requests():
+        for request in self.watches.set_watches_requests(self.last_zxid):
             self.send(encode_request(0, request))
 
     def take_outgoing(self) -> bytearray:
@@ -299,16 +283,7 @@ class SessionCore:
         if self.expired is None:
             self.expired = error
         self.connection_lost(error)
-        for registry in (self.data_watches, self.exist_watches, self.child_watches):
-            for watches in registry.values():
-                for watch in watches:
-                    watch._fail(error)
-            registry.clear()
-        for streams_by_path in (self.persistent_watches, self.recursive_watches):
-            for streams in streams_by_path.values():
-                for stream in streams:
-                    stream._fail(error)
-            streams_by_path.clear()
+        self.watches.fail_all(error)
 
     # --- requests -----------------------------------------------------------------------
 
@@ -341,7 +316,7 @@ class SessionCore:
 
     # --- replies and events -----------------------------------------------------------
 
-    def receive(self, data: bytes) -> None:
+    def receive(self, data: bytes | bytearray) -> None:
         """Bytes from the server: complete pending requests, fire watches.
 
         Raises:
@@ -351,7 +326,7 @@ class SessionCore:
         reader = self._reader
         assert reader is not None
         if data:
-            reader.feed(data)
+            reader.feed(data)  # type: ignore[arg-type]  # any bytes-like works; trio gives bytearray too
         if self._early_frames:
             frames: Any = [*self._early_frames, *reader]
             self._early_frames = []
@@ -363,7 +338,8 @@ class SessionCore:
             if zxid > self.last_zxid:
                 self.last_zxid = zxid
             if xid == WATCH_XID:
-                self._dispatch(decode_event(zxid, result))
+                pushed = decode_event(zxid, result)
+                self.watches.dispatch(WatchEvent(pushed.type, pushed.path, zxid))
                 continue
             if not pending:
                 raise ProtocolError(f"a reply for xid {xid} with no request outstanding")
@@ -399,6 +375,9 @@ class SessionCore:
             slot.value = self._multi_failed(slot, result[1])
             return
         slot.error = error_for(err, result, slot.path)
+        if slot.op == SET_WATCHES:
+            # nobody awaits it; the watches it carried stay armed here but will not fire
+            log.warning("session %#x: restoring watches failed: %s", self.session_id, slot.error)
 
     def _succeeded(self, slot: Pending, result: Any) -> None:
         op = slot.op
@@ -413,25 +392,25 @@ class SessionCore:
                 raise TypeError("data must be a byte string")
             slot.value = (data, Stat.from_wire(stat))
             if slot.watch is not None:
-                _arm(self.data_watches, slot.path, slot.watch)
+                self.watches.arm(self.watches.data, slot.path, slot.watch)
         elif op == SET_DATA:
             slot.value = Stat.from_wire(result)
         elif op == EXISTS:
             if result is None:
                 slot.value = None
                 if slot.watch is not None:
-                    _arm(self.exist_watches, slot.path, slot.watch)
+                    self.watches.arm(self.watches.exist, slot.path, slot.watch)
             else:
                 slot.value = Stat.from_wire(result)
                 if slot.watch is not None:
-                    _arm(self.data_watches, slot.path, slot.watch)
+                    self.watches.arm(self.watches.data, slot.path, slot.watch)
         elif op == GET_CHILDREN:
             names, stat = result
             if type(names) is not list or not all(type(name) is str for name in names):
                 raise TypeError("children must be an array of strings")
             slot.value = (names, None if stat is None else Stat.from_wire(stat))
             if slot.watch is not None:
-                _arm(self.child_watches, slot.path, slot.watch)
+                self.watches.arm(self.watches.child, slot.path, slot.watch)
         elif op == MULTI:
             slot.value = self._multi_succeeded(slot, result)
         elif op == SYNC:
@@ -439,11 +418,9 @@ class SessionCore:
                 raise TypeError("sync answers a path")
             slot.value = result
         elif op == ADD_WATCH:
-            if not slot.watch.is_ended:  # else its caller was cancelled: nobody would read it
-                registry = self.recursive_watches if slot.extra else self.persistent_watches
-                registry.setdefault(slot.path, []).append(slot.watch)
+            self.watches.add_stream(slot.watch)
         elif op == REMOVE_WATCHES:
-            self._removed(slot.path, slot.extra)
+            self.watches.removed(slot.path, slot.extra, self.last_zxid)
         # DELETE, PING, SET_WATCHES, CLOSE_SESSION: nothing to decode
 
     def _multi_succeeded(self, slot: Pending, result: Any) -> list[Any]:
@@ -479,138 +456,6 @@ class SessionCore:
             else:
                 values.append(error_for(code, None, path))
         return values
-
-    def _dispatch(self, event: Any) -> None:
-        """Route one pushed event to the local watchers it concerns."""
-        kind = event.type
-        path = event.path
-        fired = WatchEvent(kind, path, event.zxid)
-        one_shot: list[Watch] = []
-        if kind is EventType.NODE_CREATED or kind is EventType.NODE_DATA_CHANGED:
-            one_shot += self.data_watches.pop(path, ())
-            one_shot += self.exist_watches.pop(path, ())
-        elif kind is EventType.NODE_DELETED:
-            one_shot += self.data_watches.pop(path, ())
-            one_shot += self.exist_watches.pop(path, ())
-            one_shot += self.child_watches.pop(path, ())
-        elif kind is EventType.NODE_CHILDREN_CHANGED:
-            one_shot += self.child_watches.pop(path, ())
-        elif kind is EventType.DATA_WATCH_REMOVED or kind is EventType.CHILD_WATCH_REMOVED:
-            # our server does not push these (the client makes them when remove_watches
-            # succeeds), but a server that does is routed the same way
-            self._removed(path, WatcherType.DATA if kind is EventType.DATA_WATCH_REMOVED else WatcherType.CHILDREN)
-            return
-        elif kind is EventType.PERSISTENT_WATCH_REMOVED:
-            self._removed(path, WatcherType.PERSISTENT)
-            self._removed(path, WatcherType.PERSISTENT_RECURSIVE)
-            return
-        for watch in one_shot:
-            watch._fire(fired)
-        for stream in self.persistent_watches.get(path, ()):
-            stream._put(fired)
-        if self.recursive_watches and kind is not EventType.NODE_CHILDREN_CHANGED:
-            recursive = self.recursive_watches
-            ancestor = path
-            while True:
-                for stream in recursive.get(ancestor, ()):
-                    stream._put(fired)
-                if ancestor == "/":
-                    break
-                index = ancestor.rfind("/")
-                ancestor = ancestor[:index] if index > 0 else "/"
-
-    def _removed(self, path: str, watcher_type: WatcherType) -> None:
-        """``remove_watches`` succeeded: tell the local watchers, as ZooKeeper does."""
-        if watcher_type in (WatcherType.DATA, WatcherType.ANY):
-            removed = WatchEvent(EventType.DATA_WATCH_REMOVED, path, self.last_zxid)
-            for watch in [*self.data_watches.pop(path, ()), *self.exist_watches.pop(path, ())]:
-                watch._fire(removed)
-        if watcher_type in (WatcherType.CHILDREN, WatcherType.ANY):
-            removed = WatchEvent(EventType.CHILD_WATCH_REMOVED, path, self.last_zxid)
-            for watch in self.child_watches.pop(path, ()):
-                watch._fire(removed)
-        registries = []
-        if watcher_type in (WatcherType.PERSISTENT, WatcherType.ANY):
-            registries.append(self.persistent_watches)
-        if watcher_type in (WatcherType.PERSISTENT_RECURSIVE, WatcherType.ANY):
-            registries.append(self.recursive_watches)
-        removed = WatchEvent(EventType.PERSISTENT_WATCH_REMOVED, path, self.last_zxid)
-        for registry in registries:
-            for stream in registry.pop(path, ()):
-                stream._put(removed)
-                stream._end()
-
-    # --- watch registry -----------------------------------------------------------------
-
-    def forget_stream(self, stream: WatchStream) -> bool:
-        """Drop a persistent watch stream locally (its ``add_watch`` block was left).
-
-        Returns:
-            Whether it was the last local watcher of its kind on its path (then the
-            server-side watch should be removed too).
-        """
-        registry = self.recursive_watches if stream.recursive else self.persistent_watches
-        streams = registry.get(stream.path)
-        if streams is None or stream not in streams:
-            return False
-        streams.remove(stream)
-        if streams:
-            return False
-        del registry[stream.path]
-        return True
-
-    def has_watches(self) -> bool:
-        """Whether any watch is armed (so a reconnect must send SetWatches)."""
-        return bool(
-            self.data_watches
-            or self.exist_watches
-            or self.child_watches
-            or self.persistent_watches
-            or self.recursive_watches
-        )
-
-    def _prune_fired(self) -> None:
-        """Forget watches that already fired through another registration."""
-        for registry in (self.data_watches, self.exist_watches, self.child_watches):
-            for path in [path for path, watches in registry.items() if all(w.is_fired for w in watches)]:
-                del registry[path]
-
-    def _set_watches_requests(self) -> list[SetWatchesRequest]:
-        """The SetWatches request(s) that re-arm every watch (none if nothing is armed)."""
-        kinds = ("data", "exist", "child", "persistent", "persistent_recursive")
-        registries = (
-            self.data_watches,
-            self.exist_watches,
-            self.child_watches,
-            self.persistent_watches,
-            self.recursive_watches,
-        )
-        requests: list[SetWatchesRequest] = []
-        batch: dict[str, list[str]] = {kind: [] for kind in kinds}
-        size = 0
-        for kind, registry in zip(kinds, registries, strict=True):
-            for path in registry:
-                path_bytes = len(path.encode()) + 8
-                if size and size + path_bytes > SET_WATCHES_BYTES_MAX:
-                    requests.append(self._set_watches(batch))
-                    batch = {kind: [] for kind in kinds}
-                    size = 0
-                batch[kind].append(path)
-                size += path_bytes
-        if size:
-            requests.append(self._set_watches(batch))
-        return requests
-
-    def _set_watches(self, batch: dict[str, list[str]]) -> SetWatchesRequest:
-        return SetWatchesRequest(relative_zxid=self.last_zxid, **{kind: tuple(paths) for kind, paths in batch.items()})
-
-
-def _arm(registry: dict[str, list[Watch]], path: str, watch: Watch) -> None:
-    watches = registry.get(path)
-    if watches is None:
-        registry[path] = [watch]
-    elif watch not in watches:
-        watches.append(watch)
 
 
 __all__ = ["Pending", "SessionCore", "error_for"]

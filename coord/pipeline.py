@@ -60,7 +60,6 @@ from coord.errors import (
     NoWatcherError,
     ServerBehindError,
     SessionExpiredError,
-    SessionMovedError,
     UnimplementedError,
 )
 from coord.prepare import Preparer
@@ -234,7 +233,9 @@ class Pipeline:
             conn.timeout_ms = timeout_ms
             self._handshakes[password] = conn
             self._propose(
-                self.preparer.prepare_create_session(timeout_ms=timeout_ms, password=password, time_ms=self._wall(now_ms))
+                self.preparer.prepare_create_session(
+                    timeout_ms=timeout_ms, password=password, time_ms=self._wall(now_ms)
+                )
             )
             return
         record = self.tree.sessions.get(handshake.session_id)
@@ -320,7 +321,9 @@ class Pipeline:
                 self._propose(txn)
             case CloseSessionRequest():
                 self.sessions.set_closing(session_id)
-                txn = self.preparer.prepare_close_session(session_id, session_id=session_id, xid=xid, time_ms=self._wall(now_ms))
+                txn = self.preparer.prepare_close_session(
+                    session_id, session_id=session_id, xid=xid, time_ms=self._wall(now_ms)
+                )
                 conn.queue.append(_Entry(xid, EntryKind.WRITE, request, close_after=True, zxid=txn.zxid))
                 self._propose(txn)
             case _:
@@ -390,7 +393,10 @@ class Pipeline:
                         self.watches.add(conn.session_id, path, kind)
                     zxid = tree.last_zxid
                     for event_type, path in events:
-                        self._send(conn, _encode_frame(protocol.encode_event(WatchEvent(type=event_type, path=path, zxid=zxid))))
+                        self._send(
+                            conn,
+                            _encode_frame(protocol.encode_event(WatchEvent(type=event_type, path=path, zxid=zxid))),
+                        )
                     result = None
                 case _:
                     raise UnimplementedError(f"unsupported request {type(request).__name__}")
@@ -515,7 +521,9 @@ class Pipeline:
         for session_id in self.sessions.expired(now_ms):
             if session_id in self.tree.sessions and self.preparer.session_exists(session_id):
                 log.info("session %#x expired", session_id)
-                self._propose(self.preparer.prepare_close_session(session_id, session_id=0, xid=0, time_ms=self._wall(now_ms)))
+                self._propose(
+                    self.preparer.prepare_close_session(session_id, session_id=0, xid=0, time_ms=self._wall(now_ms))
+                )
         for path in self.tree.cleanup_candidates(self._wall(now_ms)):
             txn = self.preparer.prepare_cleanup(path, time_ms=self._wall(now_ms))
             if txn is not None:

@@ -29,6 +29,7 @@ from coord.txn import counter_of, decode_txn, epoch_of
 
 log = logging.getLogger(__name__)
 
+
 class RecoveryError(Exception):
     """The data directory cannot be recovered without losing acknowledged data."""
 

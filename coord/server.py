@@ -273,6 +273,11 @@ class Server:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._write_loop, conn, nursery.cancel_scope)
             await self._read_loop(conn, reader, peer)
+            if conn.closing:
+                # The pipeline hung up on this client (a refused handshake, a closed
+                # or expired session): the writer sends what is queued, then cancels.
+                with trio.move_on_after(2):
+                    await trio.sleep_forever()
             # The client hung up or broke the protocol: stop writing too.
             nursery.cancel_scope.cancel()
 
@@ -310,9 +315,7 @@ class Server:
                         if error.xid is None:
                             raise
                         log.info("%s: bad request xid %d: %s", peer, error.xid, error)
-                        conn.push(
-                            protocol.encode_frame([error.xid, pipeline.tree.last_zxid, error.code, str(error)])
-                        )
+                        conn.push(protocol.encode_frame([error.xid, pipeline.tree.last_zxid, error.code, str(error)]))
                         continue
                     pipeline.request(conn.conn_id, xid, request, now_ms)
             except ProtocolError as error:
@@ -366,9 +369,7 @@ async def open_server(config: ServerConfig) -> AsyncIterator[Server]:
         coord.recovery.RecoveryError: the data directory is damaged beyond what can
             be recovered without losing acknowledged writes.
     """
-    recovered = await trio.to_thread.run_sync(
-        lambda: recover(config.data_dir, log_map_bytes=config.log_map_bytes)
-    )
+    recovered = await trio.to_thread.run_sync(lambda: recover(config.data_dir, log_map_bytes=config.log_map_bytes))
     server = Server(config, recovered)
     try:
         listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)

@@ -77,7 +77,9 @@ class ServerProcess:
             assert await self.process.wait() == 0
 
 
-async def write_load(connect_string: str, worker: int, history: dict[str, list[bytes]], acked: dict[str, int], stop: trio.Event) -> None:
+async def write_load(
+    connect_string: str, worker: int, history: dict[str, list[bytes]], acked: dict[str, int], stop: trio.Event
+) -> None:
     """Create nodes and overwrite them with versioned sets; record what was acknowledged.
 
     ``history[path]`` lists every value sent to ``path`` in order; ``acked[path]`` is the

@@ -35,6 +35,7 @@ from coord.protocol import (
     ConnectRequest,
     ConnectResponse,
     CreateRequest,
+    ExistsRequest,
     FrameReader,
     GetDataRequest,
     PingRequest,
@@ -148,7 +149,7 @@ class FakeServer:
             data = await stream.receive_some()
             if not data:
                 raise trio.BrokenResourceError("client closed")
-            reader.feed(data)
+            reader.feed(bytes(data))
             frames = list(reader)
             if frames:
                 return iter(frames)
@@ -198,7 +199,7 @@ async def test_connect_negotiates_a_session(autojump_clock: trio.testing.MockClo
         assert zk.client_id == (SESSION, b"pw")
         assert zk.session_timeout == 4.0
         assert zk.last_zxid == 0  # nothing seen yet; the handshake's zxid does not count
-        (address, handshake), *_ = server.handshakes
+        (_, handshake), *_ = server.handshakes
         assert handshake == ConnectRequest(session_id=0, password=b"", last_zxid=0, timeout_ms=5000)
         assert await zk.get("/x") == (b"hello", STAT)
         assert zk.last_zxid == 100
@@ -424,3 +425,35 @@ async def test_client_side_errors_send_nothing(autojump_clock: trio.testing.Mock
         with pytest.raises(client.BadArgumentsError):
             await zk.get("/x", watch=lambda event: None)  # type: ignore[arg-type]
         assert server.requests == []
+
+
+async def test_an_exception_in_the_block_is_not_wrapped_in_a_group(autojump_clock: trio.testing.MockClock) -> None:
+    async with fake_ensemble() as server:
+        with pytest.raises(NoNodeError, match="/missing"):
+            async with open_client(server) as zk:
+                await zk.get("/missing")
+        with pytest.raises(KeyError):
+            async with open_client(server):
+                raise KeyError("mine")
+
+
+async def test_calls_waiting_for_the_reconnect_go_out_after_set_watches(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with fake_ensemble() as server, open_client(server) as zk:
+        watch = Watch()
+        await zk.exists("/missing", watch=watch)
+        states = zk.states()
+        assert await states.__anext__() is ConnectionState.CONNECTED
+        server.down.add(("a", 1))
+        server.drop_connections()
+        assert await states.__anext__() is ConnectionState.SUSPENDED
+        async with trio.open_nursery() as nursery:
+            for path in ("/x", "/y"):
+                nursery.start_soon(zk.exists, path)
+            await trio.testing.wait_all_tasks_blocked()
+            server.down.clear()
+        on_new_connection = [request for number, request in server.requests if number == 2]
+        assert on_new_connection[0] == SetWatchesRequest(relative_zxid=100, exist=("/missing",))
+        assert {type(request) for request in on_new_connection[1:]} <= {ExistsRequest, PingRequest}
+        assert len(server.requests_of(ExistsRequest)) == 3

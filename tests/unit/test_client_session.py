@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from client._registry import SET_WATCHES_BYTES_MAX
 from client._session import (
     ADD_WATCH,
     CHECK,
@@ -20,7 +21,6 @@ from client._session import (
     PING,
     REMOVE_WATCHES,
     SET_DATA,
-    SET_WATCHES_BYTES_MAX,
     SYNC,
     Pending,
     SessionCore,
@@ -39,6 +39,7 @@ from coord.errors import (
 )
 from coord.protocol import (
     WATCH_XID,
+    ConnectRequest,
     ConnectResponse,
     EventType,
     FrameReader,
@@ -85,6 +86,12 @@ def event(kind: EventType, path: str, *, zxid: int = 11) -> bytes:
     return encode_frame([WATCH_XID, zxid, 0, [int(kind), path]])
 
 
+def handshake_of(frame: bytes) -> ConnectRequest:
+    request = decode_handshake(decode_body(frame[4:]))
+    assert isinstance(request, ConnectRequest)
+    return request
+
+
 def sent_requests(core: SessionCore) -> list[tuple[int, Any]]:
     reader = FrameReader(1 << 24)
     reader.feed(bytes(core.take_outgoing()))
@@ -108,7 +115,7 @@ def children(core: SessionCore, path: str, watch: Watch | None = None) -> Pendin
 
 def test_first_handshake_asks_for_a_new_session() -> None:
     core, _ = make_core()
-    request = decode_handshake(decode_body(core.begin_connection()[4:]))
+    request = handshake_of(core.begin_connection())
     assert request.session_id == 0
     assert request.password == b""
     assert request.last_zxid == 0
@@ -124,12 +131,28 @@ def test_handshake_answer_may_arrive_in_pieces() -> None:
     assert core.receive_handshake(frame[10:]) == handshake_answer()
 
 
+def test_frames_that_come_with_the_handshake_answer_are_kept() -> None:
+    core, _ = connected_core()
+    watch = Watch()
+    armed = get(core, "/x", watch)
+    core.receive(reply(armed.xid, [b"", STAT.to_wire()]))
+    core.connection_lost(ConnectionLossError("gone"))
+    core.begin_connection()
+    data = encode_frame(handshake_answer().to_wire()) + event(EventType.NODE_DELETED, "/x", zxid=30)
+    answer = core.receive_handshake(data)
+    assert answer is not None
+    core.connection_made(answer)
+    core.receive(b"")
+    assert watch._event == WatchEvent(EventType.NODE_DELETED, "/x")
+    assert core.last_zxid == 30
+
+
 def test_reconnect_handshake_carries_session_and_last_zxid() -> None:
     core, _ = connected_core()
     slot = get(core, "/a")
     core.receive(reply(slot.xid, [b"x", STAT.to_wire()], zxid=42))
     core.connection_lost(ConnectionLossError("gone"))
-    request = decode_handshake(decode_body(core.begin_connection()[4:]))
+    request = handshake_of(core.begin_connection())
     assert (request.session_id, request.password, request.last_zxid) == (SESSION, b"secret", 42)
     assert request.timeout_ms == 6000  # the negotiated one
 
@@ -321,7 +344,7 @@ def test_connection_lost_fails_pending_requests_and_keeps_watches() -> None:
     assert isinstance(slot.error, ConnectionLossError)
     assert woken == ["task"]
     assert not core.pending
-    assert core.data_watches == {"/w": [watch]}
+    assert core.watches.data == {"/w": [watch]}
     assert not watch.is_fired
 
 
@@ -373,14 +396,14 @@ def test_a_data_watch_is_armed_by_the_reply_and_fires_once() -> None:
     core, _ = connected_core()
     watch = Watch()
     slot = get(core, "/x", watch)
-    assert core.data_watches == {}
+    assert core.watches.data == {}
     core.receive(reply(slot.xid, [b"", STAT.to_wire()]))
-    assert core.data_watches == {"/x": [watch]}
+    assert core.watches.data == {"/x": [watch]}
     core.receive(event(EventType.NODE_DATA_CHANGED, "/x", zxid=20))
     assert watch.is_fired
     assert watch._event == WatchEvent(EventType.NODE_DATA_CHANGED, "/x")
     assert watch._event.zxid == 20
-    assert core.data_watches == {}
+    assert core.watches.data == {}
     core.receive(event(EventType.NODE_DELETED, "/x"))
     assert watch._event.type is EventType.NODE_DATA_CHANGED
 
@@ -390,7 +413,7 @@ def test_a_failed_get_arms_nothing() -> None:
     watch = Watch()
     slot = get(core, "/x", watch)
     core.receive(reply(slot.xid, None, err=NoNodeError.code))
-    assert not core.has_watches()
+    assert not core.watches
 
 
 def test_exists_on_a_missing_node_arms_an_exist_watch_fired_by_creation() -> None:
@@ -398,7 +421,7 @@ def test_exists_on_a_missing_node_arms_an_exist_watch_fired_by_creation() -> Non
     watch = Watch()
     slot = exists(core, "/x", watch)
     core.receive(reply(slot.xid, None))
-    assert core.exist_watches == {"/x": [watch]}
+    assert core.watches.exist == {"/x": [watch]}
     core.receive(event(EventType.NODE_CREATED, "/x"))
     assert watch._event == WatchEvent(EventType.NODE_CREATED, "/x")
 
@@ -408,7 +431,7 @@ def test_exists_on_an_existing_node_arms_a_data_watch() -> None:
     watch = Watch()
     slot = exists(core, "/x", watch)
     core.receive(reply(slot.xid, STAT.to_wire()))
-    assert core.data_watches == {"/x": [watch]}
+    assert core.watches.data == {"/x": [watch]}
 
 
 def test_child_watches_fire_on_children_changes_and_deletion_only() -> None:
@@ -428,17 +451,19 @@ def test_one_event_fires_every_local_watch_on_the_path() -> None:
     watches = [Watch(), Watch(), Watch()]
     slots = [get(core, "/x", watches[0]), exists(core, "/x", watches[1]), children(core, "/x", watches[2])]
     core.receive(
-        reply(slots[0].xid, [b"", STAT.to_wire()]) + reply(slots[1].xid, STAT.to_wire()) + reply(slots[2].xid, [[], None])
+        reply(slots[0].xid, [b"", STAT.to_wire()])
+        + reply(slots[1].xid, STAT.to_wire())
+        + reply(slots[2].xid, [[], None])
     )
     core.receive(event(EventType.NODE_DELETED, "/x"))
     assert all(watch._event == WatchEvent(EventType.NODE_DELETED, "/x") for watch in watches)
-    assert not core.has_watches()
+    assert not core.watches
 
 
 def test_an_event_for_an_unwatched_path_is_ignored() -> None:
     core, _ = connected_core()
     core.receive(event(EventType.NODE_DELETED, "/nobody"))
-    assert not core.has_watches()
+    assert not core.watches
 
 
 # --- persistent watches ---------------------------------------------------------------
@@ -472,7 +497,7 @@ def test_a_persistent_watch_hears_every_event_on_its_path_only() -> None:
         WatchEvent(EventType.NODE_CHILDREN_CHANGED, "/p"),
         WatchEvent(EventType.NODE_DATA_CHANGED, "/p"),
     ]
-    assert core.persistent_watches == {"/p": [stream]}
+    assert core.watches.persistent == {"/p": [stream]}
 
 
 def test_a_recursive_watch_hears_its_subtree_but_not_children_changes() -> None:
@@ -498,17 +523,17 @@ def test_an_add_watch_whose_caller_gave_up_is_not_registered() -> None:
     slot = core.send([0, ADD_WATCH, "/p", 0], "/p", stream, False)
     stream._end()
     core.receive(reply(slot.xid, None))
-    assert not core.has_watches()
+    assert not core.watches
 
 
 def test_forget_stream_reports_whether_it_was_the_last_on_its_path() -> None:
     core, _ = connected_core()
     first = add_watch(core, "/p", recursive=False)
     second = add_watch(core, "/p", recursive=False)
-    assert core.forget_stream(first) is False
-    assert core.forget_stream(second) is True
-    assert core.forget_stream(second) is False
-    assert not core.has_watches()
+    assert core.watches.forget_stream(first) is False
+    assert core.watches.forget_stream(second) is True
+    assert core.watches.forget_stream(second) is False
+    assert not core.watches
 
 
 def test_remove_watches_reply_tells_the_local_watchers() -> None:
@@ -526,7 +551,7 @@ def test_remove_watches_reply_tells_the_local_watchers() -> None:
     assert child._event == WatchEvent(EventType.CHILD_WATCH_REMOVED, "/x")
     assert drain(stream) == [WatchEvent(EventType.PERSISTENT_WATCH_REMOVED, "/x")]
     assert stream.is_ended
-    assert not core.has_watches()
+    assert not core.watches
 
 
 # --- reconnect and expiry -----------------------------------------------------------
@@ -552,7 +577,12 @@ def test_reconnect_restores_watches_with_set_watches_first() -> None:
     requests = sent_requests(core)
     assert [request for _, request in requests] == [
         SetWatchesRequest(
-            relative_zxid=32, data=("/d",), exist=("/e",), child=("/c",), persistent=("/p",), persistent_recursive=("/r",)
+            relative_zxid=32,
+            data=("/d",),
+            exist=("/e",),
+            child=("/c",),
+            persistent=("/p",),
+            persistent_recursive=("/r",),
         ),
         GetDataRequest(path="/after"),
     ]
@@ -576,7 +606,7 @@ def test_many_watches_are_restored_in_several_set_watches_requests() -> None:
     core, _ = connected_core()
     paths = [f"/node-with-a-rather-long-name-{index:06d}" for index in range(20_000)]
     for path in paths:
-        core.exist_watches[path] = [Watch()]
+        core.watches.exist[path] = [Watch()]
     core.connection_lost(ConnectionLossError("gone"))
     core.begin_connection()
     answer = core.receive_handshake(encode_frame(handshake_answer().to_wire()))
@@ -616,4 +646,4 @@ def test_expire_fails_requests_watches_and_streams() -> None:
     assert woken == ["task"]
     assert isinstance(watch._error, SessionExpiredError)
     assert isinstance(stream._error, SessionExpiredError)
-    assert not core.has_watches()
+    assert not core.watches

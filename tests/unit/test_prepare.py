@@ -563,8 +563,9 @@ steps = st.lists(
 
 
 def run_steps(script: list[tuple[Any, ...]], *, apply_eagerly: bool) -> tuple[list[Txn], DataTree]:
-    """Prepare the script's requests; apply when it says so (or only at the end), checking
-    after each txn that the tree holds exactly what the preparer predicted.
+    """Prepare the script's requests; apply when it says so (or only at the end). When
+    applying eagerly, check after every step that the pending view is the tree plus the
+    queued txns, and after each apply that the tree holds what the preparer predicted.
 
     Everything the script resolves (paths, sessions) depends only on what was prepared,
     so the same script prepares the same txns however applies interleave.
@@ -605,6 +606,19 @@ def run_steps(script: list[tuple[Any, ...]], *, apply_eagerly: bool) -> tuple[li
         elif isinstance(body, CreateTxn):
             created.update(dict.fromkeys([*body.parents, body.path]))
 
+    def check_pending_view() -> None:
+        """The pending view must be the applied tree plus every queued txn, exactly."""
+        future = DataTree.from_bytes(DataTree.serialize_image(tree.image()))
+        for txn in queue:
+            future.apply(txn)
+        for path in future.nodes.keys() | preparer._changes.keys():
+            assert preparer.node(path) == future.get_node(path), path
+        for session_id in [*sessions, 999_999]:
+            assert preparer.session_exists(session_id) == (session_id in future.sessions)
+            if session_id in future.sessions:
+                assert preparer._pending_ephemerals(session_id) == future.ephemerals(session_id)
+        assert preparer.pending_count == len(queue)
+
     def apply(count: int) -> None:
         for _ in range(min(count, len(queue))):
             txn = queue.popleft()
@@ -638,6 +652,8 @@ def run_steps(script: list[tuple[Any, ...]], *, apply_eagerly: bool) -> tuple[li
             remember(txn.body)
             prepared.append(txn)
             queue.append(txn)
+        if apply_eagerly:
+            check_pending_view()
     apply(len(queue))
     assert preparer.pending_count == 0
     assert preparer._changes == {} and preparer._ephemerals == {} and preparer._sessions == {}

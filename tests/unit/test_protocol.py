@@ -50,7 +50,9 @@ ALL_REQUESTS = [
     ),
     AddWatchRequest(path="/w", mode=AddWatchMode.PERSISTENT_RECURSIVE),
     RemoveWatchesRequest(path="/w", watcher_type=WatcherType.ANY),
-    SetWatchesRequest(relative_zxid=7, data=("/a",), exist=("/b",), child=("/",), persistent=(), persistent_recursive=("/r",)),
+    SetWatchesRequest(
+        relative_zxid=7, data=("/a",), exist=("/b",), child=("/",), persistent=(), persistent_recursive=("/r",)
+    ),
     CloseSessionRequest(),
 ]
 
@@ -133,7 +135,22 @@ def test_valid_paths_pass(path: str) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["", "a", "a/b", "/a/", "//a", "/a//b", "/a/./b", "/a/../b", "/.", "/..", "/a\x00b", "/a\x1fb", "/\u0085", "/\ud800"],
+    [
+        "",
+        "a",
+        "a/b",
+        "/a/",
+        "//a",
+        "/a//b",
+        "/a/./b",
+        "/a/../b",
+        "/.",
+        "/..",
+        "/a\x00b",
+        "/a\x1fb",
+        "/\u0085",
+        "/\ud800",
+    ],
 )
 def test_invalid_paths_raise_bad_arguments(path: str) -> None:
     with pytest.raises(errors.BadArgumentsError):
@@ -200,7 +217,10 @@ def test_garbage_never_escapes_as_anything_but_protocol_error(garbage: bytes) ->
 @settings(max_examples=300, deadline=None)
 @given(
     st.recursive(
-        st.none() | st.booleans() | st.integers(min_value=-(2**64), max_value=2**64) | st.text(max_size=5)
+        st.none()
+        | st.booleans()
+        | st.integers(min_value=-(2**64), max_value=2**64)
+        | st.text(max_size=5)
         | st.binary(max_size=5),
         lambda children: st.lists(children, max_size=6),
         max_leaves=20,
