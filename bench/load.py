@@ -71,7 +71,10 @@ PHASES: tuple[Phase, ...] = (
 )
 """The measured phases, in the order they run (the gets read what the creates wrote)."""
 
-_WARMUP = Phase(name="warmup", operation="create", concurrency=16, description="warm-up creates (not reported)")
+_WARMUP: tuple[Phase, ...] = (
+    Phase(name="warmup", operation="create", concurrency=16, description="warm-up creates (not reported)"),
+    Phase(name="warmup_get", operation="get", concurrency=16, description="warm-up gets (not reported)"),
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -92,7 +95,7 @@ class Workload:
     seconds_per_phase: float = 30.0
     drain_seconds: float = 15.0
     value_bytes: int = 100
-    warmup_ops: int = 500
+    warmup_ops: int = 2000
     root: str = "/coord-bench"
     session_timeout: float = 10.0
 
@@ -216,9 +219,8 @@ def _progress(system: str, result: PhaseResult) -> None:
 
 def _phase_plan(workload: Workload) -> list[tuple[Phase, int]]:
     """Warm-up creates and gets, then the measured phases, with their op counts."""
-    warm_get = Phase(name="warmup_get", operation="get", concurrency=16, description="warm-up gets (not reported)")
-    plan = [(_WARMUP, workload.warmup_ops), (warm_get, workload.warmup_ops)] if workload.warmup_ops > 0 else []
-    return plan + [(phase, workload.ops_per_phase) for phase in PHASES]
+    warmup = [(phase, workload.warmup_ops) for phase in _WARMUP if workload.warmup_ops > 0]
+    return warmup + [(phase, workload.ops_per_phase) for phase in PHASES]
 
 
 # --------------------------------------------------------------------------- ZooKeeper / kazoo

@@ -6,7 +6,7 @@ A complete file, with every key at its default (all keys are optional)::
     id = 1                          # 1..255, unique in the ensemble
     data_dir = "coord-data"         # LMDB log and snapshots; "~" is expanded
     listen = "127.0.0.1:2281"       # HOST:PORT, [IPV6]:PORT or :PORT (loopback); port 0 = ephemeral
-    tick_ms = 1000                  # the unit of session expiry (and, later, of Zab timeouts)
+    tick_ms = 1000                  # the unit of session expiry (Zab has its own: ensemble.tick_ms)
     max_connections = 10000         # client connections accepted at once
 
     [sessions]
@@ -33,17 +33,40 @@ that is given wins over the derived other one (``min_timeout_ms = 30000`` alone
 raises the default maximum to 30000 rather than failing on a key the operator never
 wrote); two explicit bounds with min > max are an error.
 
-The ``[ensemble]`` table (the other servers of a replicated ensemble) is reserved
-and refused for now. ``fault_hooks`` is for tests and cannot be set from a file.
+Without an ``[ensemble]`` table the server is standalone (``config.ensemble`` is
+None). A replicated ensemble lists every server, this one included; each server
+gets the same file except for ``server.id``::
+
+    [ensemble]
+    tick_ms = 100                   # the Zab tick (server.tick_ms is the session tick)
+    init_limit_ticks = 20           # a follower must connect and sync within this many ticks
+    sync_limit_ticks = 5            # a leader or follower unheard this long is given up on
+
+    [ensemble.servers]              # ID = { peer = HOST:PORT (Zab), client = HOST:PORT }
+    1 = { peer = "10.0.0.1:2888", client = "10.0.0.1:2281" }
+    2 = { peer = "10.0.0.2:2888", client = "10.0.0.2:2281" }
+    3 = { peer = "10.0.0.3:2888", client = "10.0.0.3:2281" }
+
+Ids are 1..255 (written as plain decimal keys); ``server.id`` must be one of them,
+and ``server.listen`` defaults to that member's ``client`` address. No two addresses
+(peer or client, of any member) may be equal, and a peer port may not be 0: the
+other servers dial it. Any number of servers from one up is accepted (an even count
+tolerates no more failures than the odd count below it, but is not wrong). The
+servers agree on :attr:`EnsembleConfig.ensemble_id`, a digest of the ids and peer
+addresses, and refuse peers whose digest differs (see :mod:`coord.peer`).
+
+``fault_hooks`` is for tests and cannot be set from a file.
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +75,60 @@ from coord.protocol import FRAME_OVERHEAD_BYTES
 
 class ConfigError(Exception):
     """The configuration is unusable; the message names the key (or file) at fault."""
+
+
+Address = tuple[str, int]
+
+
+def format_address(address: Address) -> str:
+    """``HOST:PORT``, with an IPv6 host in brackets (the inverse of :func:`parse_listen`)."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnsembleMember:
+    """One server of an ensemble: where its peers reach it, and where its clients do."""
+
+    peer: Address
+    client: Address
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnsembleConfig:
+    """The servers of a replicated ensemble and the Zab timing.
+
+    ``servers`` maps every server id (this server's too) to its addresses; treat it as
+    read-only. Times are in Zab ticks of ``tick_ms``.
+    """
+
+    servers: dict[int, EnsembleMember] = field(default_factory=dict)
+    tick_ms: int = 100
+    init_limit_ticks: int = 20
+    sync_limit_ticks: int = 5
+
+    @property
+    def voters(self) -> tuple[int, ...]:
+        """Every server id, ascending."""
+        return tuple(sorted(self.servers))
+
+    @property
+    def peers(self) -> dict[int, Address]:
+        """Server id -> peer address, the shape :class:`coord.peer.PeerTransport` takes."""
+        return {server_id: member.peer for server_id, member in sorted(self.servers.items())}
+
+    @property
+    def ensemble_id(self) -> bytes:
+        """SHA-256 of the membership: every id with its peer address, in id order.
+
+        Two servers whose configurations differ in who is in the ensemble (and so in
+        what a quorum is) get different digests and refuse each other's links. Client
+        addresses and timings are left out: servers disagreeing on those can still
+        replicate safely. Hosts are compared as written (lower-cased), so give every
+        server the same file.
+        """
+        lines = [f"{server_id} {format_address(self.servers[server_id].peer).lower()}" for server_id in self.voters]
+        return hashlib.sha256("\n".join(["coord-ensemble-v1", *lines]).encode()).digest()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,6 +152,7 @@ class ServerConfig:
     snapshots_retained: int = 3
     log_map_bytes: int = 1 << 30
     max_connections: int = 10_000
+    ensemble: EnsembleConfig | None = None  # None: standalone
     fault_hooks: bool = False  # tests only; not settable from TOML
 
     @property
@@ -188,6 +266,59 @@ def _check_data_bytes_max(key: str, value: object) -> int:
     return _integer(key, value, low=1, high=_DATA_BYTES_MAX_LIMIT, what=f"an integer in 1..{_DATA_BYTES_MAX_LIMIT}")
 
 
+_MEMBER_KEYS = ("peer", "client")
+_SERVER_ID_KEY = re.compile(r"[1-9][0-9]{0,2}")
+
+
+def _check_member_address(key: str, value: object, *, is_peer: bool) -> Address:
+    try:
+        address = parse_listen(_string(key, value))
+    except ConfigError as error:
+        message = str(error)
+        raise ConfigError(message if message.startswith(f"{key}: ") else f"{key}: {message}") from None
+    if is_peer and address[1] == 0:
+        raise ConfigError(f"{key}: port 0 is not allowed for a peer address (the other servers dial it), got {value!r}")
+    return address
+
+
+def _check_servers(key: str, value: object) -> dict[str, object]:
+    """``[ensemble.servers]``: ``ID = { peer = "HOST:PORT", client = "HOST:PORT" }`` per server."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"{key}: must be a table of ID = {{ peer = 'HOST:PORT', client = 'HOST:PORT' }}, got {_describe(value)}"
+        )
+    if not value:
+        raise ConfigError(f"{key}: must list at least one server")
+    servers: dict[int, EnsembleMember] = {}
+    used: dict[Address, str] = {}  # address -> the key that first named it
+    for id_text, body in value.items():
+        member_key = f"{key}.{id_text}"
+        # TOML keys are strings; "01" and "1" would both be server 1, so only plain decimals
+        if not isinstance(id_text, str) or not _SERVER_ID_KEY.fullmatch(id_text) or int(id_text) > _SERVER_ID_MAX:
+            raise ConfigError(f"{member_key}: a server id must be an integer in 1..{_SERVER_ID_MAX}, got {id_text!r}")
+        if not isinstance(body, Mapping):
+            raise ConfigError(
+                f"{member_key}: must be a table {{ peer = 'HOST:PORT', client = 'HOST:PORT' }}, got {_describe(body)}"
+            )
+        for name in body:
+            if name not in _MEMBER_KEYS:
+                guess = _closest(str(name), list(_MEMBER_KEYS))
+                hint = f"did you mean {guess!r}?" if guess else "expected 'peer' and 'client'"
+                raise ConfigError(f"{member_key}.{name}: unknown key ({hint})")
+        addresses: dict[str, Address] = {}
+        for name in _MEMBER_KEYS:
+            if name not in body:
+                raise ConfigError(f"{member_key}.{name}: required (each server needs a peer and a client address)")
+            address = _check_member_address(f"{member_key}.{name}", body[name], is_peer=name == "peer")
+            normal = (address[0].lower(), address[1])
+            if normal in used:
+                raise ConfigError(f"{member_key}.{name}: {format_address(address)} is already used by {used[normal]}")
+            used[normal] = f"{member_key}.{name}"
+            addresses[name] = address
+        servers[int(id_text)] = EnsembleMember(peer=addresses["peer"], client=addresses["client"])
+    return {"ensemble_servers": servers}
+
+
 _SCHEMA: dict[str, dict[str, _Key]] = {
     "server": {
         "id": _Key(_field("server_id", _check_server_id)),
@@ -208,9 +339,13 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
     "limits": {
         "data_bytes_max": _Key(_field("data_bytes_max", _check_data_bytes_max)),
     },
+    "ensemble": {
+        "tick_ms": _Key(_field("ensemble_tick_ms")),
+        "init_limit_ticks": _Key(_field("ensemble_init_limit_ticks")),
+        "sync_limit_ticks": _Key(_field("ensemble_sync_limit_ticks")),
+        "servers": _Key(_check_servers, is_int=False),
+    },
 }
-
-_RESERVED_TABLES = {"ensemble": "multi-server ensembles are not supported yet"}
 
 # names operators reach for that difflib would not connect to ours
 _ALIASES = {name: "server.listen" for name in ("port", "host", "address", "bind", "client_port")}
@@ -226,8 +361,6 @@ def _closest(name: str, choices: list[str]) -> str | None:
 def _unknown_key(dotted: str) -> ConfigError:
     """The error for a table or key not in the schema, with the nearest known name."""
     table, _, key = dotted.partition(".")
-    if table in _RESERVED_TABLES:
-        return ConfigError(f"{table}: {_RESERVED_TABLES[table]}")
     if table not in _SCHEMA:
         guess = _closest(table, list(_SCHEMA))
         return ConfigError(f"{table}: unknown table" + (f" (did you mean [{guess}]?)" if guess else ""))
@@ -267,7 +400,7 @@ def _flatten(document: Mapping[str, Any]) -> dict[str, object]:
     """``{"server": {"id": 1}}`` -> ``{"server.id": 1}``, refusing unknown names."""
     flat: dict[str, object] = {}
     for table, body in document.items():
-        if table in _RESERVED_TABLES or table not in _SCHEMA:
+        if table not in _SCHEMA:
             raise _unknown_key(table)
         if not isinstance(body, dict):
             raise ConfigError(f"{table}: must be a table ([{table}]), got {_describe(body)}")
@@ -310,7 +443,8 @@ def load_config(path: Path | None = None, *, overrides: Mapping[str, object] | N
         ConfigError: the file is missing or not TOML, or a key is unknown, of the
             wrong type or out of range; the message names the file or key.
     """
-    flat = _flatten(_read(Path(path))) if path is not None else {}
+    document = _read(Path(path)) if path is not None else {}
+    flat = _flatten(document)
     for dotted, value in (overrides or {}).items():
         if value is not None:
             flat[dotted] = _from_override(dotted, value)
@@ -336,7 +470,34 @@ def load_config(path: Path | None = None, *, overrides: Mapping[str, object] | N
         minimum, maximum = (minimum, minimum) if has_min else (maximum, maximum)
     values["min_session_timeout_ms"] = minimum
     values["max_session_timeout_ms"] = maximum
+
+    # an empty [ensemble] table counts as given (and so lacks its servers)
+    if "ensemble" in document or any(dotted.startswith("ensemble.") for dotted in flat):
+        ensemble = _build_ensemble(values)
+        server_id = values.get("server_id", _DEFAULTS.server_id)
+        assert isinstance(server_id, int)
+        if server_id not in ensemble.servers:
+            listed = ", ".join(str(voter) for voter in ensemble.voters)
+            raise ConfigError(f"server.id: {server_id} is not in ensemble.servers ({listed})")
+        if "listen_host" not in values:
+            values["listen_host"], values["listen_port"] = ensemble.servers[server_id].client
+        values["ensemble"] = ensemble
     return ServerConfig(**values)  # type: ignore[arg-type]
+
+
+def _build_ensemble(values: dict[str, object]) -> EnsembleConfig:
+    """Take the ``ensemble.*`` values out of ``values`` and build the EnsembleConfig."""
+    servers = values.pop("ensemble_servers", None)
+    if servers is None:
+        raise ConfigError(
+            "ensemble.servers: required in [ensemble] (ID = { peer = 'HOST:PORT', client = 'HOST:PORT' })"
+        )
+    assert isinstance(servers, dict)
+    timing = {name: values.pop(f"ensemble_{name}") for name in _ENSEMBLE_TIMING if f"ensemble_{name}" in values}
+    return EnsembleConfig(servers=servers, **timing)  # type: ignore[arg-type]
+
+
+_ENSEMBLE_TIMING = ("tick_ms", "init_limit_ticks", "sync_limit_ticks")
 
 
 def config_keys() -> list[str]:
@@ -344,4 +505,14 @@ def config_keys() -> list[str]:
     return list(_ALL_KEYS)
 
 
-__all__ = ["ConfigError", "ServerConfig", "config_keys", "load_config", "parse_listen"]
+__all__ = [
+    "Address",
+    "ConfigError",
+    "EnsembleConfig",
+    "EnsembleMember",
+    "ServerConfig",
+    "config_keys",
+    "format_address",
+    "load_config",
+    "parse_listen",
+]

@@ -9,12 +9,17 @@ Theory of operation
         ``open_connection`` (a client's handshake), ``request`` (one decoded
         request frame), ``close_connection`` (the socket went away),
         ``committed`` (these txns are durable and ordered: apply them),
-        ``persist_failed`` (the disk refused these txns), ``tick`` (time passed).
+        ``abort_pending`` (the disk refused a write, or the leader was lost),
+        ``tick`` (time passed); in an ensemble also ``from_follower`` /
+        ``from_leader`` (forwarded requests, session reports, syncs),
+        ``barrier_done`` and the role changes ``become_leader`` /
+        ``become_follower`` / ``go_offline``.
     outputs (:class:`Output`, taken with :meth:`Pipeline.take_output`)
         ``frames``: encoded frames per connection (replies, watch events, handshake
         answers), in the order they must be sent; ``proposals``: txns to make
         durable and order (standalone: append to the log; ensemble: hand to ZAB);
-        ``close``: connections to close once their frames are flushed.
+        ``close``: connections to close once their frames are flushed;
+        ``to_leader`` / ``to_followers`` / ``barriers`` in an ensemble.
 
     Writes become txns here (via :class:`coord.prepare.Preparer`), are proposed,
     and are applied to the tree only when ``committed`` says they are durable
@@ -40,7 +45,14 @@ Sessions
     writes expires sessions: it proposes a ``CloseSessionTxn``, whose application
     deletes the session's ephemerals everywhere.
 
-Left out here (later issues): forwarding writes to a leader, ACLs, quotas.
+Ensemble
+    A follower forwards writes, session creations, session activity and syncs to
+    the leader as application messages; the leader prepares and proposes them. A
+    forwarded write is matched to its commit by the session's xid (a session's
+    xids only grow). A sync is answered once the leader's quorum round confirmed
+    its leadership and this server applied every commit before it.
+
+Left out here (later issues): ACLs, quotas.
 """
 
 from __future__ import annotations
@@ -52,11 +64,14 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import cbor2
+
 from coord import protocol
 from coord.errors import (
     BadArgumentsError,
     CoordError,
     NoNodeError,
+    NotLeaderError,
     NoWatcherError,
     ServerBehindError,
     SessionExpiredError,
@@ -93,9 +108,23 @@ log = logging.getLogger(__name__)
 _encode_frame = protocol.encode_frame
 
 
+def _encode_app(item: list[Any]) -> bytes:
+    """An application message between the leader and a follower (CBOR array)."""
+    return cbor2.dumps(item)
+
+
 class EntryKind(enum.Enum):
     WRITE = 1  # waits for its txn to be applied
     READ = 2  # served when it reaches the head of the queue
+    SYNC = 3  # waits for the leader's quorum round (then served like a read)
+
+
+class Mode(enum.Enum):
+    """What this server does with writes."""
+
+    LEADER = "leader"  # prepares and proposes them
+    FOLLOWER = "follower"  # forwards them to the leader
+    OFFLINE = "offline"  # no established leader: serves nobody
 
 
 @dataclass(slots=True)
@@ -127,6 +156,9 @@ class Output:
     frames: list[tuple[int, bytes]] = field(default_factory=list)
     proposals: list[Txn] = field(default_factory=list)
     close: list[int] = field(default_factory=list)
+    to_leader: list[bytes] = field(default_factory=list)  # follower: forwarded requests, touches, syncs
+    to_followers: list[tuple[int, bytes]] = field(default_factory=list)  # leader: (server id, sync answer)
+    barriers: list[tuple[int, int, int]] = field(default_factory=list)  # leader: (origin server, session, xid)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -150,6 +182,7 @@ class Pipeline:
         now_ms: int,
         epoch: int,
         wall_offset_ms: int = 0,
+        mode: Mode = Mode.LEADER,
     ) -> None:
         """Args:
         tree: the applied state (recovered from disk).
@@ -157,6 +190,9 @@ class Pipeline:
         rng: the source of session passwords.
         now_ms: the current time on the monotonic clock that all later inputs use.
         epoch: the epoch this server orders writes in (already durable).
+        mode: how it starts; the ensemble shell starts OFFLINE and follows ZAB's
+            role changes (:meth:`become_leader`, :meth:`become_follower`,
+            :meth:`go_offline`).
         wall_offset_ms: added to monotonic times to get the wall-clock times that
             txns record as ctime/mtime (sessions expire on the monotonic clock, so a
             wall-clock jump cannot expire them).
@@ -178,11 +214,54 @@ class Pipeline:
         self._now_ms = now_ms
         self._wall_offset_ms = wall_offset_ms
         self.epoch = epoch
+        self.mode = mode
+        self._touched: set[int] = set()  # follower: sessions active since the last report
         self.preparer.reset(self._zxid_floor())
-        # Sessions restored from a snapshot/log get a fresh full timeout (as ZooKeeper
-        # does after a restart or an election): their clients need time to reconnect.
-        for record in tree.sessions.values():
+        self._track_all_sessions(now_ms)
+
+    def _track_all_sessions(self, now_ms: int) -> None:
+        """Give every session of the tree a fresh full timeout (as ZooKeeper does after
+        a restart or an election): their clients need time to reconnect."""
+        self.sessions = SessionTracker(
+            tick_ms=self.config.tick_ms,
+            min_timeout_ms=self.config.min_session_timeout_ms,
+            max_timeout_ms=self.config.max_session_timeout_ms,
+        )
+        for record in self.tree.sessions.values():
             self.sessions.add(record.session_id, record.timeout_ms, now_ms)
+
+    # --- roles ----------------------------------------------------------------------
+
+    def become_leader(self, next_zxid: int, now_ms: int) -> None:
+        """ZAB established this server as leader: it orders writes from ``next_zxid``."""
+        self._now_ms = now_ms
+        self.mode = Mode.LEADER
+        self.epoch = next_zxid >> 32
+        self.preparer.reset(next_zxid)
+        self._track_all_sessions(now_ms)
+
+    def become_follower(self, now_ms: int) -> None:
+        """ZAB synced this server with a leader: writes are forwarded to it."""
+        self._now_ms = now_ms
+        self.mode = Mode.FOLLOWER
+        self._touched = set(self._conn_of_session)
+
+    def go_offline(self, error: CoordError) -> None:
+        """No established leader any more: everything in flight is answered with
+        ``error`` and every client is disconnected, so clients find a server that
+        serves (their sessions live on, and they reconnect with them)."""
+        self.mode = Mode.OFFLINE
+        self.abort_pending(error)
+        for conn in list(self._conns.values()):
+            self._out.close.append(conn.conn_id)
+            self._drop(conn)
+
+    def install(self, tree: DataTree) -> None:
+        """Replace the state with a snapshot received from the leader (SNAP)."""
+        assert self.mode is Mode.OFFLINE
+        self.tree = tree
+        self.preparer = Preparer(tree, data_bytes_max=self.config.data_bytes_max)
+        self._track_all_sessions(self._now_ms)
 
     def _zxid_floor(self) -> int:
         """The next zxid to assign when nothing is pending: after the applied tree,
@@ -213,6 +292,9 @@ class Pipeline:
         self._now_ms = now_ms
         conn = _Connection(conn_id=conn_id)
         self._conns[conn_id] = conn
+        if self.mode is Mode.OFFLINE:
+            self._refuse(conn, NotLeaderError("this server is not in a quorum right now; try another"))
+            return
         if handshake.protocol != protocol.PROTOCOL_VERSION:
             self._refuse(conn, BadArgumentsError(f"protocol version {handshake.protocol} is not supported"))
             return
@@ -232,18 +314,17 @@ class Pipeline:
             conn.password = password
             conn.timeout_ms = timeout_ms
             self._handshakes[password] = conn
-            self._propose(
-                self.preparer.prepare_create_session(
-                    timeout_ms=timeout_ms, password=password, time_ms=self._wall(now_ms)
+            if self.mode is Mode.LEADER:
+                self._propose(
+                    self.preparer.prepare_create_session(
+                        timeout_ms=timeout_ms, password=password, time_ms=self._wall(now_ms)
+                    )
                 )
-            )
+            else:
+                self._out.to_leader.append(_encode_app(["s", password, timeout_ms]))
             return
         record = self.tree.sessions.get(handshake.session_id)
-        if (
-            record is None
-            or record.password != handshake.password
-            or not self.sessions.touch(handshake.session_id, now_ms)
-        ):
+        if record is None or record.password != handshake.password or not self._touch(handshake.session_id, now_ms):
             self._refuse(conn, SessionExpiredError(f"session {handshake.session_id:#x} has expired"))
             return
         previous = self._conn_of_session.get(handshake.session_id)
@@ -309,28 +390,116 @@ class Pipeline:
             self._drop(conn)
             return
         self._now_ms = now_ms
-        if not self.sessions.touch(session_id, now_ms):
+        if not self._touch(session_id, now_ms):
             self._send(conn, self._error_frame(xid, SessionExpiredError("session expired")))
             self._out.close.append(conn_id)
             self._drop(conn)
             return
         match request:
-            case CreateRequest() | DeleteRequest() | SetDataRequest() | MultiRequest():
-                txn = self.preparer.prepare(request, session_id=session_id, xid=xid, time_ms=self._wall(now_ms))
-                conn.queue.append(_Entry(xid, EntryKind.WRITE, request, zxid=txn.zxid))
-                self._propose(txn)
-            case CloseSessionRequest():
-                self.sessions.set_closing(session_id)
-                txn = self.preparer.prepare_close_session(
-                    session_id, session_id=session_id, xid=xid, time_ms=self._wall(now_ms)
-                )
-                conn.queue.append(_Entry(xid, EntryKind.WRITE, request, close_after=True, zxid=txn.zxid))
-                self._propose(txn)
+            case CreateRequest() | DeleteRequest() | SetDataRequest() | MultiRequest() | CloseSessionRequest():
+                close_after = type(request) is CloseSessionRequest
+                if self.mode is Mode.LEADER:
+                    txn = self._prepare_write(session_id, xid, request, now_ms)
+                    conn.queue.append(_Entry(xid, EntryKind.WRITE, request, close_after=close_after, zxid=txn.zxid))
+                    self._propose(txn)
+                else:
+                    conn.queue.append(_Entry(xid, EntryKind.WRITE, request, close_after=close_after))
+                    self._out.to_leader.append(
+                        _encode_app(["w", session_id, xid, protocol.encode_request(xid, request)])
+                    )
+            case SyncRequest():
+                # Linearizable: answered only after the leader confirmed with a quorum
+                # that it still leads (CORRECTNESS rule 8), and after this server
+                # applied everything committed before that.
+                conn.queue.append(_Entry(xid, EntryKind.SYNC, request))
+                if self.mode is Mode.LEADER:
+                    self._out.barriers.append((self.config.server_id, session_id, xid))
+                else:
+                    self._out.to_leader.append(_encode_app(["y", session_id, xid]))
             case _:
                 if conn.queue:
                     conn.queue.append(_Entry(xid, EntryKind.READ, request))
                 else:
                     self._send(conn, self._read(conn, xid, request))
+
+    def _touch(self, session_id: int, now_ms: int) -> bool:
+        """Note a session's activity. The leader's tracker decides expiry; a follower
+        reports activity to the leader at every tick."""
+        if self.mode is Mode.LEADER:
+            return self.sessions.touch(session_id, now_ms)
+        if session_id not in self.tree.sessions:
+            return False
+        self._touched.add(session_id)
+        return True
+
+    def _prepare_write(self, session_id: int, xid: int, request: Request, now_ms: int) -> Txn:
+        time_ms = self._wall(now_ms)
+        if type(request) is CloseSessionRequest:
+            self.sessions.set_closing(session_id)
+            return self.preparer.prepare_close_session(session_id, session_id=session_id, xid=xid, time_ms=time_ms)
+        assert isinstance(request, CreateRequest | DeleteRequest | SetDataRequest | MultiRequest)
+        return self.preparer.prepare(request, session_id=session_id, xid=xid, time_ms=time_ms)
+
+    # --- messages between the leader and the followers -------------------------------
+
+    def from_follower(self, source: int, payload: bytes, now_ms: int) -> None:
+        """Leader: a follower forwarded a request, a session report or a sync."""
+        if self.mode is not Mode.LEADER:
+            return  # a stale message for an old leadership; the follower times out
+        self._now_ms = now_ms
+        try:
+            item = cbor2.loads(payload)
+            kind = item[0]
+            if kind == "w":
+                session_id, xid = int(item[1]), int(item[2])
+                _xid, request = protocol.decode_request(item[3])
+                self.sessions.touch(session_id, now_ms)
+                self._propose(self._prepare_write(session_id, xid, request, now_ms))
+            elif kind == "s":
+                password, timeout_ms = bytes(item[1]), self.sessions.negotiate(int(item[2]))
+                self._propose(
+                    self.preparer.prepare_create_session(
+                        timeout_ms=timeout_ms, password=password, time_ms=self._wall(now_ms)
+                    )
+                )
+            elif kind == "t":
+                for session_id in item[1]:
+                    self.sessions.touch(int(session_id), now_ms)
+            elif kind == "y":
+                self._out.barriers.append((source, int(item[1]), int(item[2])))
+            else:
+                raise ValueError(f"unknown kind {kind!r}")
+        except (ValueError, TypeError, IndexError, protocol.ProtocolError, cbor2.CBORDecodeError) as error:
+            log.warning("dropping a malformed message from server %d: %s", source, error)
+
+    def from_leader(self, payload: bytes) -> None:
+        """Follower: the leader answered a forwarded sync (after the commits before it)."""
+        item = cbor2.loads(payload)
+        if item[0] == "y":
+            self._sync_done(int(item[1]), int(item[2]))
+
+    def barrier_done(self, origin: int, session_id: int, xid: int) -> None:
+        """Leader: the quorum round for a sync completed."""
+        if origin == self.config.server_id:
+            self._sync_done(session_id, xid)
+        else:
+            self._out.to_followers.append((origin, _encode_app(["y", session_id, xid])))
+
+    def _sync_done(self, session_id: int, xid: int) -> None:
+        conn = self._conn_of_session.get(session_id)
+        if conn is None:
+            return
+        for entry in conn.queue:
+            if entry.kind is EntryKind.SYNC and entry.frame is None and entry.xid == xid:
+                assert entry.request is not None
+                entry.kind = EntryKind.READ  # served from the tree when it reaches the head
+                self._flush(conn)
+                return
+
+    def take_touches(self) -> list[int]:
+        touched = sorted(self._touched)
+        self._touched.clear()
+        return touched
 
     def _error_frame(self, xid: int, error: CoordError) -> bytes:
         return _encode_frame([xid, self.tree.last_zxid, error.code, str(error)])
@@ -430,7 +599,9 @@ class Pipeline:
             # any reply on a dropped connection is. Matching on the zxid makes sure.
             for entry in conn.queue:
                 if entry.kind is EntryKind.WRITE and entry.frame is None:
-                    if entry.zxid == txn.zxid:
+                    # A forwarded write does not know its zxid: match it by its xid
+                    # (a session's xids only grow, across reconnects too).
+                    if entry.zxid == txn.zxid or (entry.zxid == 0 and entry.xid == txn.xid):
                         entry.frame = _encode_frame([txn.xid, txn.zxid, result.error, result.result])
                         self._flush(conn)
                     break
@@ -442,7 +613,7 @@ class Pipeline:
         while queue:
             head = queue[0]
             if head.frame is None:
-                if head.kind is EntryKind.WRITE:
+                if head.kind is not EntryKind.READ:
                     return
                 assert head.request is not None
                 head.frame = self._read(conn, head.xid, head.request)
@@ -481,32 +652,24 @@ class Pipeline:
             self._out.close.append(conn.conn_id)
             self._drop(conn)
 
-    def persist_failed(self, txns: list[Txn], error: CoordError) -> None:
-        """The disk refused ``txns`` (and nothing after them was written).
+    def abort_pending(self, error: CoordError) -> None:
+        """Answer every write and sync in flight with ``error`` and forget them.
 
-        Every proposal not yet durable is answered with ``error`` and forgotten; the
-        preparer's pending view goes back to the applied tree, since later proposals
-        were prepared against state that now will never exist. Nothing acknowledged
-        is touched: the tree holds exactly what is durable.
+        Used when the disk refused a write (everything not yet durable fails) or the
+        server lost its leader. The preparer's pending view goes back to the applied
+        tree, since later proposals were prepared against state that now will never
+        exist. Nothing acknowledged is touched: the tree holds exactly what committed.
         """
-        self.preparer.reset(self._zxid_floor())
-        failed = {txn.zxid for txn in txns}
-        for txn in txns:
-            body = txn.body
-            if type(body) is CreateSessionTxn:
-                conn = self._handshakes.pop(body.password, None)
-                if conn is not None:
-                    self._refuse(conn, error)
-            elif type(body) is CloseSessionTxn:
-                self.sessions.remove(body.session_id)
-                # The session is still in the tree; track it again so it can expire later.
-                record = self.tree.sessions.get(body.session_id)
-                if record is not None:
-                    self.sessions.add(record.session_id, record.timeout_ms, self._now_ms)
+        if self.mode is Mode.LEADER:
+            self.preparer.reset(self._zxid_floor())
+            self._track_all_sessions(self._now_ms)
+        for conn in list(self._handshakes.values()):
+            self._refuse(conn, error)
+        self._handshakes.clear()
         for conn in list(self._conn_of_session.values()):
             changed = False
             for entry in conn.queue:
-                if entry.kind is EntryKind.WRITE and entry.frame is None and entry.zxid in failed:
+                if entry.kind is not EntryKind.READ and entry.frame is None:
                     entry.frame = self._error_frame(entry.xid, error)
                     entry.close_after = False
                     changed = True
@@ -518,6 +681,13 @@ class Pipeline:
     def tick(self, now_ms: int) -> None:
         """Time passed: expire sessions, remove empty containers and expired TTL nodes."""
         self._now_ms = now_ms
+        if self.mode is Mode.FOLLOWER:
+            touched = self.take_touches()
+            if touched:
+                self._out.to_leader.append(_encode_app(["t", touched]))
+            return
+        if self.mode is not Mode.LEADER:
+            return
         for session_id in self.sessions.expired(now_ms):
             if session_id in self.tree.sessions and self.preparer.session_exists(session_id):
                 log.info("session %#x expired", session_id)
@@ -530,7 +700,9 @@ class Pipeline:
                 self._propose(txn)
 
     def expire_session(self, session_id: int, now_ms: int) -> bool:
-        """Expire a session now, as if its timeout had passed (an operator/test action)."""
+        """Expire a session now, as if its timeout had passed (leader only; an operator/test action)."""
+        if self.mode is not Mode.LEADER:
+            return False
         if session_id not in self.tree.sessions or not self.preparer.session_exists(session_id):
             return False
         self.sessions.set_closing(session_id)
@@ -542,7 +714,7 @@ class Pipeline:
     def status(self) -> dict[str, Any]:
         return {
             "server_id": self.config.server_id,
-            "role": "standalone",
+            "role": self.mode.value,
             "zxid": self.tree.last_zxid,
             "znodes": self.tree.node_count,
             "sessions": len(self.tree.sessions),

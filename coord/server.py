@@ -123,6 +123,7 @@ class Server:
     def status(self) -> dict[str, Any]:
         """Role, zxid, counts: what ``coord status`` shows."""
         status = self.pipeline.status()
+        status["role"] = "standalone"
         status["address"] = self.connect_string
         status["snapshots_taken"] = self.snapshots_taken
         status["log"] = self._log.stats()
@@ -157,6 +158,16 @@ class Server:
 
     def _pump(self) -> None:
         out = self.pipeline.take_output()
+        while out.barriers:
+            # Standalone: this server is the whole quorum, so its leadership is
+            # confirmed at once.
+            for origin, session_id, xid in out.barriers:
+                self.pipeline.barrier_done(origin, session_id, xid)
+            more = self.pipeline.take_output()
+            out.frames += more.frames
+            out.proposals += more.proposals
+            out.close += more.close
+            out.barriers = more.barriers
         if out.frames:
             conns = self._conns
             for conn_id, frame in out.frames:
@@ -192,7 +203,7 @@ class Server:
                 self._proposals = []
                 self.last_storage_error = str(error)
                 log.error("log write of %d txns failed: %s", len(failed), error)
-                self.pipeline.persist_failed(failed, error)
+                self.pipeline.abort_pending(error)
                 self._pump()
                 continue
             self.pipeline.committed(batch)

@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from coord import config as config_module
-from coord.config import ConfigError, ServerConfig, config_keys, load_config, parse_listen
+from coord.config import (
+    ConfigError,
+    EnsembleConfig,
+    EnsembleMember,
+    ServerConfig,
+    config_keys,
+    format_address,
+    load_config,
+    parse_listen,
+)
 
 FULL = """\
 [server]
@@ -100,7 +109,9 @@ def test_every_key_appears_in_the_docstring_example() -> None:
     assert doc is not None
     for dotted in config_keys():
         table, key = dotted.split(".")
-        assert f"[{table}]" in doc and re.search(rf"^\s+{key} = ", doc, re.MULTILINE), dotted
+        # a key whose value is a table (ensemble.servers) is shown as its own [table.key]
+        shown = re.search(rf"^\s+{key} = ", doc, re.MULTILINE) or f"[{dotted}]" in doc
+        assert f"[{table}]" in doc and shown, dotted
 
 
 def test_overrides_win_over_the_file(tmp_path: Path) -> None:
@@ -235,11 +246,6 @@ def test_undotted_override_key_is_refused() -> None:
         load_config(overrides={"listen": "127.0.0.1:0"})
 
 
-def test_ensemble_table_is_reserved(tmp_path: Path) -> None:
-    message = error_of(tmp_path, "[ensemble]\nservers = []\n")
-    assert message.startswith("ensemble: ") and "not supported yet" in message
-
-
 def test_missing_file_error_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.toml"
     with pytest.raises(ConfigError, match=r"nope\.toml: no such config file"):
@@ -299,3 +305,216 @@ def test_listen_property_round_trips_through_parse_listen() -> None:
     for host in ("127.0.0.1", "::1"):
         config = ServerConfig(listen_host=host, listen_port=7)
         assert parse_listen(config.listen) == (host, 7)
+
+
+# --- [ensemble] ---------------------------------------------------------------------------
+
+ENSEMBLE = """\
+[ensemble]
+tick_ms = 50
+init_limit_ticks = 30
+sync_limit_ticks = 7
+
+[ensemble.servers]
+1 = { peer = "127.0.0.1:2888", client = "127.0.0.1:2281" }
+2 = { peer = "127.0.0.1:2889", client = "127.0.0.1:2282" }
+3 = { peer = "127.0.0.1:2890", client = "127.0.0.1:2283" }
+"""
+
+SERVERS_ONLY = """\
+[ensemble.servers]
+1 = { peer = "127.0.0.1:2888", client = "127.0.0.1:2281" }
+2 = { peer = "127.0.0.1:2889", client = "127.0.0.1:2282" }
+3 = { peer = "127.0.0.1:2890", client = "127.0.0.1:2283" }
+"""
+
+
+def ensemble_doc_example() -> str:
+    doc = config_module.__doc__
+    assert doc is not None
+    example = doc.split("::\n", 2)[2].split("\nIds are", 1)[0]
+    return "\n".join(line[4:] for line in example.splitlines())
+
+
+def test_without_an_ensemble_table_the_server_is_standalone() -> None:
+    assert load_config().ensemble is None
+
+
+def test_ensemble_table_sets_every_field(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[server]\nid = 2\n" + ENSEMBLE))
+    assert config.ensemble == EnsembleConfig(
+        servers={
+            1: EnsembleMember(peer=("127.0.0.1", 2888), client=("127.0.0.1", 2281)),
+            2: EnsembleMember(peer=("127.0.0.1", 2889), client=("127.0.0.1", 2282)),
+            3: EnsembleMember(peer=("127.0.0.1", 2890), client=("127.0.0.1", 2283)),
+        },
+        tick_ms=50,
+        init_limit_ticks=30,
+        sync_limit_ticks=7,
+    )
+    assert config.server_id == 2
+    assert config.ensemble.voters == (1, 2, 3)
+    assert config.ensemble.peers == {1: ("127.0.0.1", 2888), 2: ("127.0.0.1", 2889), 3: ("127.0.0.1", 2890)}
+
+
+def test_ensemble_timing_has_documented_defaults(tmp_path: Path) -> None:
+    ensemble = load_config(write(tmp_path, SERVERS_ONLY)).ensemble
+    assert ensemble is not None
+    assert (ensemble.tick_ms, ensemble.init_limit_ticks, ensemble.sync_limit_ticks) == (100, 20, 5)
+
+
+def test_ensemble_docstring_example_loads_with_the_default_timing(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, ensemble_doc_example()))
+    assert config.ensemble is not None
+    assert config.ensemble.voters == (1, 2, 3)
+    assert (config.ensemble.tick_ms, config.ensemble.init_limit_ticks, config.ensemble.sync_limit_ticks) == (
+        100,
+        20,
+        5,
+    )
+    assert config.listen == "10.0.0.1:2281"
+
+
+def test_listen_defaults_to_this_members_client_address(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[server]\nid = 3\n" + SERVERS_ONLY))
+    assert (config.listen_host, config.listen_port) == ("127.0.0.1", 2283)
+
+
+def test_explicit_listen_wins_over_the_members_client_address(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[server]\nid = 3\nlisten = "0.0.0.0:2283"\n' + SERVERS_ONLY))
+    assert (config.listen_host, config.listen_port) == ("0.0.0.0", 2283)
+    config = load_config(write(tmp_path, SERVERS_ONLY), overrides={"server.listen": "127.0.0.1:0"})
+    assert config.listen_port == 0
+
+
+def test_server_id_override_picks_the_member(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, SERVERS_ONLY), overrides={"server.id": "2"})
+    assert (config.server_id, config.listen_port) == (2, 2282)
+
+
+def test_ensemble_of_one_and_even_counts_are_accepted(tmp_path: Path) -> None:
+    one = '[ensemble.servers]\n1 = { peer = "127.0.0.1:2888", client = "127.0.0.1:2281" }\n'
+    assert load_config(write(tmp_path, one)).ensemble is not None
+    two = one + '2 = { peer = "127.0.0.1:2889", client = "127.0.0.1:2282" }\n'
+    ensemble = load_config(write(tmp_path, two)).ensemble
+    assert ensemble is not None and ensemble.voters == (1, 2)
+
+
+def test_members_may_be_written_as_subtables_and_ipv6(tmp_path: Path) -> None:
+    text = '[ensemble.servers.7]\npeer = "[::1]:2888"\nclient = "[::1]:2281"\n'
+    config = load_config(write(tmp_path, "[server]\nid = 7\n" + text))
+    assert config.ensemble is not None
+    assert config.ensemble.servers == {7: EnsembleMember(peer=("::1", 2888), client=("::1", 2281))}
+    assert config.listen == "[::1]:2281"
+
+
+def test_ensemble_overrides_parse_integers(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, ENSEMBLE), overrides={"ensemble.tick_ms": "20"})
+    assert config.ensemble is not None and config.ensemble.tick_ms == 20
+
+
+def test_ensemble_servers_can_come_from_an_override() -> None:
+    servers = {"1": {"peer": "127.0.0.1:3888", "client": "127.0.0.1:3281"}}
+    config = load_config(overrides={"ensemble.servers": servers})
+    assert config.ensemble is not None and config.ensemble.peers == {1: ("127.0.0.1", 3888)}
+
+
+def test_ensemble_id_is_a_sha256_digest_of_the_membership(tmp_path: Path) -> None:
+    ensemble = load_config(write(tmp_path, ENSEMBLE)).ensemble
+    assert ensemble is not None
+    assert isinstance(ensemble.ensemble_id, bytes) and len(ensemble.ensemble_id) == 32
+
+
+def test_ensemble_id_ignores_order_timing_and_client_addresses(tmp_path: Path) -> None:
+    a = load_config(write(tmp_path, ENSEMBLE)).ensemble
+    reordered = "[ensemble.servers]\n" + "\n".join(reversed(SERVERS_ONLY.splitlines()[1:])) + "\n"
+    b = load_config(write(tmp_path, reordered.replace("228", "338"))).ensemble
+    assert a is not None and b is not None and a != b
+    assert a.ensemble_id == b.ensemble_id
+
+
+def test_ensemble_id_changes_with_the_members_and_their_peer_addresses(tmp_path: Path) -> None:
+    base = load_config(write(tmp_path, SERVERS_ONLY)).ensemble
+    moved = load_config(write(tmp_path, SERVERS_ONLY.replace("2890", "2990"))).ensemble
+    fewer = load_config(write(tmp_path, SERVERS_ONLY.rsplit("3 =", 1)[0])).ensemble
+    renumbered = load_config(write(tmp_path, SERVERS_ONLY.replace("3 =", "4 ="))).ensemble
+    assert base is not None and moved is not None and fewer is not None and renumbered is not None
+    assert len({base.ensemble_id, moved.ensemble_id, fewer.ensemble_id, renumbered.ensemble_id}) == 4
+
+
+def test_format_address_round_trips_through_parse_listen() -> None:
+    for address in [("127.0.0.1", 2888), ("::1", 1), ("example.com", 80)]:
+        assert parse_listen(format_address(address)) == address
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[server]\nid = 4\n" + SERVERS_ONLY, "server.id: 4 is not in ensemble.servers (1, 2, 3)"),
+        ("[ensemble]\n", "ensemble.servers: required in [ensemble]"),
+        ("[ensemble]\ntick_ms = 100\n", "ensemble.servers: required in [ensemble]"),
+        ("[ensemble]\nservers = []\n", "ensemble.servers: must be a table of ID = "),
+        ("[ensemble]\nservers = {}\n", "ensemble.servers: must list at least one server"),
+        ('[ensemble.servers]\n0 = { peer = "h:1", client = "h:2" }\n', "ensemble.servers.0: a server id must be"),
+        ('[ensemble.servers]\n256 = { peer = "h:1", client = "h:2" }\n', "ensemble.servers.256: a server id must"),
+        ('[ensemble.servers]\n01 = { peer = "h:1", client = "h:2" }\n', "ensemble.servers.01: a server id must be"),
+        ('[ensemble.servers]\n-1 = { peer = "h:1", client = "h:2" }\n', "ensemble.servers.-1: a server id must be"),
+        ('[ensemble.servers]\none = { peer = "h:1", client = "h:2" }\n', "ensemble.servers.one: a server id must"),
+        ('[ensemble.servers]\n1 = "h:1"\n', "ensemble.servers.1: must be a table { peer = 'HOST:PORT'"),
+        ('[ensemble.servers]\n1 = { peer = "h:1" }\n', "ensemble.servers.1.client: required"),
+        ('[ensemble.servers]\n1 = { client = "h:1" }\n', "ensemble.servers.1.peer: required"),
+        (
+            '[ensemble.servers]\n1 = { peer = "h:1", client = "h:2", pear = "h:3" }\n',
+            "ensemble.servers.1.pear: unknown key (did you mean 'peer'?)",
+        ),
+        (
+            '[ensemble.servers]\n1 = { peer = "h:1", client = "h:2", weight = 1 }\n',
+            "ensemble.servers.1.weight: unknown key (expected 'peer' and 'client')",
+        ),
+        ('[ensemble.servers]\n1 = { peer = "h", client = "h:2" }\n', "ensemble.servers.1.peer: expected 'HOST:PORT'"),
+        ('[ensemble.servers]\n1 = { peer = 2888, client = "h:2" }\n', "ensemble.servers.1.peer: must be a non-empty"),
+        (
+            '[ensemble.servers]\n1 = { peer = "h:1", client = "h:99999" }\n',
+            "ensemble.servers.1.client: port must be in 0..65535, got 99999",
+        ),
+        ('[ensemble.servers]\n1 = { peer = "h:0", client = "h:2" }\n', "ensemble.servers.1.peer: port 0 is not"),
+        (
+            '[ensemble.servers]\n1 = { peer = "h:1", client = "h:1" }\n',
+            "ensemble.servers.1.client: h:1 is already used by ensemble.servers.1.peer",
+        ),
+        (
+            '[ensemble.servers]\n1 = { peer = "h:1", client = "h:2" }\n2 = { peer = "H:1", client = "h:3" }\n',
+            "ensemble.servers.2.peer: H:1 is already used by ensemble.servers.1.peer",
+        ),
+        (
+            '[ensemble.servers]\n1 = { peer = "h:1", client = "h:2" }\n2 = { peer = "h:3", client = "h:2" }\n',
+            "ensemble.servers.2.client: h:2 is already used by ensemble.servers.1.client",
+        ),
+        ("[ensemble]\ntick_ms = 0\n" + SERVERS_ONLY, "ensemble.tick_ms: must be a positive integer, got 0"),
+        ('[ensemble]\ninit_limit_ticks = "x"\n', "ensemble.init_limit_ticks: must be a positive integer, got 'x'"),
+        ("[ensemble]\nsync_limit_ticks = -1\n", "ensemble.sync_limit_ticks: must be a positive integer, got -1"),
+        ("[ensemble]\nserver = {}\n", "ensemble.server: unknown key (did you mean 'ensemble.servers'?)"),
+        (
+            "[ensemble]\nsync_limit = 5\n",
+            "ensemble.sync_limit: unknown key (did you mean 'ensemble.sync_limit_ticks'?)",
+        ),
+        (
+            "[server]\ninit_limit_ticks = 5\n",
+            "server.init_limit_ticks: unknown key (did you mean 'ensemble.init_limit_ticks'?)",
+        ),
+        ("ensemble = 3\n", "ensemble: must be a table ([ensemble]), got 3"),
+    ],
+)
+def test_bad_ensemble_error_names_the_key(tmp_path: Path, text: str, expected: str) -> None:
+    assert error_of(tmp_path, text).startswith(expected)
+
+
+def test_default_server_id_must_be_a_member_too(tmp_path: Path) -> None:
+    text = SERVERS_ONLY.replace("1 =", "5 =")
+    assert error_of(tmp_path, text) == "server.id: 1 is not in ensemble.servers (2, 3, 5)"
+
+
+def test_ensemble_keys_are_listed() -> None:
+    keys = config_keys()
+    for key in ["ensemble.tick_ms", "ensemble.init_limit_ticks", "ensemble.sync_limit_ticks", "ensemble.servers"]:
+        assert key in keys

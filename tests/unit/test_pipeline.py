@@ -10,7 +10,7 @@ import random
 from typing import Any
 
 from coord import errors, protocol
-from coord.pipeline import Output, Pipeline, PipelineConfig
+from coord.pipeline import Mode, Output, Pipeline, PipelineConfig
 from coord.protocol import (
     CloseSessionRequest,
     ConnectRequest,
@@ -49,10 +49,12 @@ class Harness:
             out = self.pipeline.take_output()
             merged.frames += out.frames
             merged.close += out.close
-            if not out.proposals:
+            if not out.proposals and not out.barriers:
                 return merged
             merged.proposals += out.proposals
             self.pipeline.committed(out.proposals)
+            for barrier in out.barriers:  # a quorum of one confirms at once
+                self.pipeline.barrier_done(*barrier)
 
     def connect(self, conn_id: int, timeout_ms: int = 1_000) -> int:
         self.pipeline.open_connection(conn_id, ConnectRequest(timeout_ms=timeout_ms), self.now_ms)
@@ -218,8 +220,8 @@ def test_failed_disk_write_answers_storage_error_and_forgets_the_pending_state()
     h.connect(1)
     h.request(1, 1, CreateRequest(path="/a"))
     h.request(1, 2, CreateRequest(path="/a/b"))  # prepared on top of /a
-    out = h.pipeline.take_output()
-    h.pipeline.persist_failed(out.proposals, errors.StorageFullError("disk full"))
+    h.pipeline.take_output()
+    h.pipeline.abort_pending(errors.StorageFullError("disk full"))
     replies = decode_frames(h.pipeline.take_output(), 1)
     assert [(reply[0], reply[2]) for reply in replies] == [
         (1, errors.StorageFullError.code),
@@ -232,17 +234,19 @@ def test_failed_disk_write_answers_storage_error_and_forgets_the_pending_state()
     assert h.tree.get_node("/a") is None
 
 
-def test_sync_waits_behind_the_sessions_writes() -> None:
+def test_sync_waits_behind_the_sessions_writes_and_for_a_quorum_round() -> None:
     h = Harness()
     h.connect(1)
     h.request(1, 1, CreateRequest(path="/s"))
     h.request(1, 2, SyncRequest(path="/s"))
     out = h.pipeline.take_output()
-    assert out.frames == []  # the sync is not answered before the write
+    assert out.frames == []  # nothing answered before the write commits
+    assert out.barriers == [(1, h.pipeline.session_of(1), 2)]  # the sync asks for a quorum round
     h.pipeline.committed(out.proposals)
-    replies = decode_frames(h.pipeline.take_output(), 1)
-    assert [reply[0] for reply in replies] == [1, 2]
-    assert replies[1][3] == "/s"
+    assert [reply[0] for reply in decode_frames(h.pipeline.take_output(), 1)] == [1]  # the write only
+    h.pipeline.barrier_done(*out.barriers[0])
+    (reply,) = decode_frames(h.pipeline.take_output(), 1)
+    assert reply[0] == 2 and reply[3] == "/s"
 
 
 def test_expire_session_on_demand() -> None:
@@ -252,3 +256,121 @@ def test_expire_session_on_demand() -> None:
     h.commit_all()
     assert session_id not in h.tree.sessions
     assert not h.pipeline.expire_session(session_id, h.now_ms)
+
+
+class Pair:
+    """A leader and a follower pipeline wired as ZAB would: every proposal of the
+    leader commits on both, in order; application messages go straight across."""
+
+    def __init__(self) -> None:
+        self.now_ms = 1_000
+        config = PipelineConfig(tick_ms=100, min_session_timeout_ms=200, max_session_timeout_ms=5_000)
+        self.leader = Pipeline(DataTree(), config, rng=random.Random(1), now_ms=self.now_ms, epoch=1)
+        follower_config = PipelineConfig(
+            server_id=2, tick_ms=100, min_session_timeout_ms=200, max_session_timeout_ms=5_000
+        )
+        self.follower = Pipeline(
+            DataTree(), follower_config, rng=random.Random(2), now_ms=self.now_ms, epoch=1, mode=Mode.FOLLOWER
+        )
+        self.follower_frames: list[tuple[int, bytes]] = []
+        self.follower_closed: list[int] = []
+
+    def run(self) -> None:
+        for _ in range(100):
+            leader_out = self.leader.take_output()
+            follower_out = self.follower.take_output()
+            self.follower_frames += follower_out.frames
+            self.follower_closed += follower_out.close
+            for payload in follower_out.to_leader:
+                self.leader.from_follower(2, payload, self.now_ms)
+            if leader_out.proposals:
+                self.leader.committed(leader_out.proposals)
+                self.follower.committed(leader_out.proposals)
+            for barrier in leader_out.barriers:
+                self.leader.barrier_done(*barrier)
+            for target, payload in leader_out.to_followers:
+                assert target == 2
+                self.follower.from_leader(payload)
+            busy = leader_out.proposals or leader_out.barriers or leader_out.to_followers or follower_out.to_leader
+            if not busy and not follower_out.frames:
+                return
+        raise AssertionError("the pair did not settle")
+
+    def replies(self, conn_id: int) -> list[Any]:
+        frames = [protocol.decode_body(frame[4:]) for target, frame in self.follower_frames if target == conn_id]
+        self.follower_frames = [(target, frame) for target, frame in self.follower_frames if target != conn_id]
+        return frames
+
+    def connect(self, conn_id: int) -> int:
+        self.follower.open_connection(conn_id, ConnectRequest(timeout_ms=1_000), self.now_ms)
+        self.run()
+        (reply,) = self.replies(conn_id)
+        response = protocol.decode_handshake_reply(reply)
+        assert isinstance(response, protocol.ConnectResponse)
+        return response.session_id
+
+
+def test_follower_forwards_session_creation_and_writes_to_the_leader() -> None:
+    pair = Pair()
+    session_id = pair.connect(1)
+    assert session_id in pair.leader.tree.sessions and session_id in pair.follower.tree.sessions
+    pair.follower.request(1, 1, CreateRequest(path="/f", data=b"x", mode=CreateMode.EPHEMERAL), pair.now_ms)
+    pair.follower.request(1, 2, GetDataRequest(path="/f"), pair.now_ms)
+    pair.run()
+    create, get = pair.replies(1)
+    assert create[0] == 1 and create[2] == 0 and create[3][0] == "/f"
+    assert get[0] == 2 and get[3][0] == b"x"  # read-your-writes on the follower
+    assert pair.leader.tree.get_node("/f").ephemeral_owner == session_id
+    assert pair.leader.tree.digest() == pair.follower.tree.digest()
+
+
+def test_sync_on_a_follower_waits_for_the_leaders_quorum_round() -> None:
+    pair = Pair()
+    pair.connect(1)
+    pair.follower.request(1, 5, SyncRequest(path="/"), pair.now_ms)
+    out = pair.follower.take_output()
+    assert out.frames == [] and len(out.to_leader) == 1
+    pair.leader.from_follower(2, out.to_leader[0], pair.now_ms)
+    leader_out = pair.leader.take_output()
+    assert leader_out.barriers == [(2, pair.follower.session_of(1), 5)]
+    pair.leader.barrier_done(*leader_out.barriers[0])
+    ((target, payload),) = pair.leader.take_output().to_followers
+    pair.follower.from_leader(payload)
+    (reply,) = decode_frames(pair.follower.take_output(), 1)
+    assert reply[0] == 5 and reply[3] == "/"
+
+
+def test_session_activity_on_a_follower_keeps_it_alive_on_the_leader() -> None:
+    pair = Pair()
+    session_id = pair.connect(1)
+    for _ in range(20):
+        pair.now_ms += 100
+        pair.follower.request(1, 0, protocol.PingRequest(), pair.now_ms)
+        pair.follower.tick(pair.now_ms)
+        pair.leader.tick(pair.now_ms)
+        pair.run()
+    assert session_id in pair.leader.tree.sessions
+    # Silence: the leader expires it, and the follower drops the connection.
+    for _ in range(30):
+        pair.now_ms += 100
+        pair.follower.tick(pair.now_ms)
+        pair.leader.tick(pair.now_ms)
+        pair.run()
+    assert session_id not in pair.leader.tree.sessions
+    assert session_id not in pair.follower.tree.sessions
+    assert 1 in pair.follower_closed
+
+
+def test_losing_the_leader_fails_what_is_in_flight_and_disconnects_clients() -> None:
+    pair = Pair()
+    pair.connect(1)
+    pair.follower.request(1, 7, CreateRequest(path="/lost"), pair.now_ms)
+    pair.follower.take_output()  # forwarded, never committed
+    pair.follower.go_offline(errors.ConnectionLossError("leader lost"))
+    out = pair.follower.take_output()
+    (reply,) = decode_frames(out, 1)
+    assert reply[0] == 7 and reply[2] == errors.ConnectionLossError.code
+    assert 1 in out.close
+    pair.follower.open_connection(2, ConnectRequest(), pair.now_ms)
+    (refusal,) = decode_frames(pair.follower.take_output(), 2)
+    assert protocol.decode_handshake_reply(refusal)[0] == errors.NotLeaderError.code

@@ -539,6 +539,8 @@ multis = st.builds(MultiRequest, ops=st.lists(st.one_of(creates(), deletes, sets
 # who writes: 0 is the server, -1 a session that never existed, k > 0 the k-th live session
 # (mod count, the server if none; every script starts by opening two)
 writers = st.sampled_from([0, -1, 1, 1, 2, 2, 3])
+
+
 def writes(requests: st.SearchStrategy[Any]) -> st.SearchStrategy[tuple[Any, ...]]:
     return st.tuples(st.just("write"), requests, writers)
 

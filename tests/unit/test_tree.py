@@ -324,9 +324,7 @@ def test_image_bytes_do_not_depend_on_dict_order() -> None:
     a = Applier()
     build_sample(a)
     image = a.tree.image()
-    shuffled = TreeImage(
-        image.last_zxid, dict(reversed(image.nodes.items())), dict(reversed(image.sessions.items()))
-    )
+    shuffled = TreeImage(image.last_zxid, dict(reversed(image.nodes.items())), dict(reversed(image.sessions.items())))
     assert list(shuffled.nodes) != list(image.nodes)
     assert DataTree.serialize_image(shuffled) == DataTree.serialize_image(image)
 
