@@ -334,7 +334,7 @@ def test_sync_on_a_follower_waits_for_the_leaders_quorum_round() -> None:
     leader_out = pair.leader.take_output()
     assert leader_out.barriers == [(2, pair.follower.session_of(1), 5)]
     pair.leader.barrier_done(*leader_out.barriers[0])
-    ((target, payload),) = pair.leader.take_output().to_followers
+    ((_target, payload),) = pair.leader.take_output().to_followers
     pair.follower.from_leader(payload)
     (reply,) = decode_frames(pair.follower.take_output(), 1)
     assert reply[0] == 5 and reply[3] == "/"
