@@ -48,6 +48,7 @@ Where we differ from ZooKeeper
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from typing import Final
 
@@ -91,6 +92,26 @@ from coord.txn import (
 
 _MISSING: Final = object()
 _PERSISTENT: Final = CreateMode.PERSISTENT
+
+# CreateMode's is_* properties cost ~0.5 us each (enum equality in Python); these lists,
+# indexed by the mode's number, answer the same questions at list-index speed.
+_IS_SEQUENTIAL: Final = [mode.is_sequential for mode in sorted(CreateMode)]
+_IS_EPHEMERAL: Final = [mode.is_ephemeral for mode in sorted(CreateMode)]
+_IS_TTL: Final = [mode.is_ttl for mode in sorted(CreateMode)]
+assert [int(mode) for mode in sorted(CreateMode)] == list(range(len(CreateMode)))
+
+# A fast path for the common path shape: ASCII name characters only, no empty, "." or ".."
+# component. Everything it accepts, validate_path accepts too (a test checks this); all
+# else goes through validate_path, which also words the error.
+_PLAIN_PATH: Final = re.compile(r"(?:/(?!\.\.?(?:/|\Z))[\w.:@+=,\-]+)+", re.ASCII)
+
+
+def _checked_path(path: str, *, sequential: bool = False) -> str:
+    if type(path) is str and _PLAIN_PATH.fullmatch(path + "1" if sequential else path):
+        return path
+    return validate_path(path, sequential=sequential)
+
+
 _CONTAINER: Final = CreateMode.CONTAINER
 _ROLLED_BACK: Final = 0
 _NOT_RUN: Final = RuntimeInconsistencyError.code
@@ -204,9 +225,11 @@ class Preparer:
 
         Returns:
             the txn, at :attr:`next_zxid` (which then moves on by one).
+
+        Raises:
+            TypeError: ``request`` is not a write (nothing is consumed).
         """
         zxid = self._next_zxid
-        self._next_zxid = zxid + 1
         body: TxnBody
         writes: Writes = {}
         if session_id and not self.session_exists(session_id):
@@ -218,6 +241,8 @@ class Preparer:
                 body = self._prepare_op(request, session_id, zxid, time_ms, writes)
             except CoordError as error:
                 body = ErrorTxn(code=error.code)
+        # only now, so that a caller's bug (a read request: TypeError) leaves no zxid gap
+        self._next_zxid = zxid + 1
         self._commit(zxid, writes, 0)
         return Txn(zxid=zxid, time_ms=time_ms, session_id=session_id, xid=xid, body=body)
 
@@ -358,7 +383,7 @@ class Preparer:
             case DeleteRequest():
                 return self._prepare_delete(request, zxid, writes)
             case CheckRequest():
-                path = validate_path(request.path)
+                path = _checked_path(request.path)
                 node = self._lookup(path, writes)
                 if node is None:
                     raise NoNodeError(path)
@@ -370,9 +395,9 @@ class Preparer:
         self, request: CreateRequest, session_id: int, zxid: int, time_ms: int, writes: Writes
     ) -> CreateTxn:
         mode = request.mode
-        sequential = mode.is_sequential
-        path = validate_path(request.path, sequential=sequential)
-        if mode.is_ttl:
+        sequential = _IS_SEQUENTIAL[mode]
+        path = _checked_path(request.path, sequential=sequential)
+        if _IS_TTL[mode]:
             if request.ttl_ms <= 0:
                 raise BadArgumentsError(f"a TTL node needs ttl_ms > 0, not {request.ttl_ms}")
         elif request.ttl_ms != 0:
@@ -380,7 +405,7 @@ class Preparer:
         if len(request.data) > self._data_bytes_max:
             raise BadArgumentsError(f"data of {len(request.data)} bytes is over the limit of {self._data_bytes_max}")
         owner = 0
-        if mode.is_ephemeral:
+        if _IS_EPHEMERAL[mode]:
             if not session_id:
                 raise BadArgumentsError("an ephemeral node needs a session")
             owner = session_id
@@ -421,7 +446,7 @@ class Preparer:
         )
 
     def _prepare_delete(self, request: DeleteRequest, zxid: int, writes: Writes) -> DeleteTxn:
-        path = validate_path(request.path)
+        path = _checked_path(request.path)
         if path == "/" or is_reserved(path):
             raise BadArgumentsError(f"{path} cannot be deleted")
         node = self._lookup(path, writes)
@@ -434,7 +459,7 @@ class Preparer:
         return DeleteTxn(path=path)
 
     def _prepare_set_data(self, request: SetDataRequest, zxid: int, time_ms: int, writes: Writes) -> SetDataTxn:
-        path = validate_path(request.path)
+        path = _checked_path(request.path)
         if is_reserved(path):
             raise BadArgumentsError(f"{path} is in the reserved subtree")
         if len(request.data) > self._data_bytes_max:

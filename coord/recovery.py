@@ -44,13 +44,19 @@ class Recovered:
     replayed: int
 
 
-def recover(data_dir: Path, *, log_map_bytes: int, new_epoch: bool = True) -> Recovered:
+def recover(data_dir: Path, *, log_map_bytes: int, new_epoch: bool = False, replay: bool = True) -> Recovered:
     """Open the storage under ``data_dir`` and rebuild the tree.
 
     Args:
         data_dir: the server's data directory (created if missing).
         log_map_bytes: the LMDB map size of the log.
-        new_epoch: start (and persist) a new epoch, as a standalone server does.
+        new_epoch: start (and persist) a new epoch.
+        replay: apply the log after the snapshot to the tree. A server leaves this
+            off: its log may end in proposals that were never committed (a follower
+            of a leader that died), so ZAB delivers the log's entries only once
+            synchronisation shows they are committed (rule 4). Tools that inspect a
+            stopped standalone server's state (where everything logged committed)
+            turn it on; the log is verified either way.
 
     Raises:
         RecoveryError: the log has a gap after the snapshot or a corrupt entry.
@@ -86,8 +92,9 @@ def recover(data_dir: Path, *, log_map_bytes: int, new_epoch: bool = True) -> Re
                 txn = decode_txn(data)
                 if txn.zxid != zxid:
                     raise RecoveryError(f"log entry {zxid:#x} holds a txn for zxid {txn.zxid:#x}")
-                tree.apply(txn)
-                replayed += 1
+                if replay:
+                    tree.apply(txn)
+                    replayed += 1
         except (ValueError, DataInconsistencyError) as error:  # CorruptLogError and malformed txns
             raise RecoveryError(f"the log is corrupt: {error}") from error
         epoch = max(
@@ -100,9 +107,10 @@ def recover(data_dir: Path, *, log_map_bytes: int, new_epoch: bool = True) -> Re
             txn_log.set_meta(ACCEPTED_EPOCH, epoch)
             txn_log.set_meta(CURRENT_EPOCH, epoch)
         log.info(
-            "recovered zxid %#x (snapshot %#x + %d log entries), epoch %d, %d znodes, %d sessions",
-            tree.last_zxid,
+            "recovered snapshot %#x + %d log entries through %#x (%d replayed), epoch %d, %d znodes, %d sessions",
             snapshot_zxid,
+            txn_log.stats().get("entries", 0),
+            txn_log.last_zxid,
             replayed,
             epoch,
             tree.node_count,

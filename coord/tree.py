@@ -63,7 +63,7 @@ from coord.txn import (
 )
 
 _IMAGE_MAGIC: Final = "coord-tree"
-_IMAGE_FORMAT: Final = 1
+_IMAGE_FORMAT: Final = 2
 
 _new_tuple = tuple.__new__
 _MODES: Final = {int(mode): mode for mode in CreateMode}
@@ -74,6 +74,15 @@ _DELETED: Final = EventType.NODE_DELETED
 _DATA_CHANGED: Final = EventType.NODE_DATA_CHANGED
 _CHILDREN_CHANGED: Final = EventType.NODE_CHILDREN_CHANGED
 _NO_CHILDREN: Final[frozenset[str]] = frozenset()
+
+
+_CHUNK_NODES = 1000
+"""Nodes per separately encoded chunk of a serialized image (see serialize_image)."""
+
+
+def _array_header(length: int) -> bytes:
+    """The CBOR head of a definite-length array of ``length`` items."""
+    return cbor2.dumps([None] * length)[:-length] if length else b"\x80"
 
 
 class Node(NamedTuple):
@@ -393,21 +402,31 @@ class DataTree:
     def serialize_image(image: TreeImage) -> bytes:
         """Deterministic bytes of an image: equal trees give equal bytes.
 
-        One CBOR array ``["coord-tree", 1, last_zxid, [path, node, path, node, ...],
-        [[session_id, timeout_ms, password], ...]]``, nodes sorted by path (each node
-        the array of :class:`Node`'s fields in order), sessions by id. Touches only
-        the image, so it is safe in a worker thread while the tree keeps changing.
+        One CBOR array ``[["coord-tree", 2, last_zxid, sessions], chunk, chunk, ...]``:
+        ``sessions`` is ``[[session_id, timeout_ms, password], ...]`` by id, and each
+        chunk is ``[path, node, path, node, ...]`` of up to 1000 nodes sorted by path
+        (each node the array of :class:`Node`'s fields in order). Touches only the
+        image, so it is safe in a worker thread while the tree keeps changing.
         """
         nodes = image.nodes
-        flat: list[Any] = []
-        append = flat.append
-        for path in sorted(nodes):
-            append(path)
-            append(nodes[path])
+        # Encoded in chunks, each its own CBOR array: cbor2's C encoder holds the GIL
+        # for a whole call, so one call over 100k nodes would stall the event loop
+        # for the ~0.5 s it takes; between chunks the trio thread gets its turn.
+        chunks: list[bytes] = []
+        paths = sorted(nodes)
+        for start in range(0, len(paths), _CHUNK_NODES):
+            flat: list[Any] = []
+            append = flat.append
+            for path in paths[start : start + _CHUNK_NODES]:
+                append(path)
+                append(nodes[path])
+            chunks.append(cbor2.dumps(flat))
         sessions = [
             [session_id, record.timeout_ms, record.password] for session_id, record in sorted(image.sessions.items())
         ]
-        return cbor2.dumps([_IMAGE_MAGIC, _IMAGE_FORMAT, image.last_zxid, flat, sessions])
+        head = cbor2.dumps([_IMAGE_MAGIC, _IMAGE_FORMAT, image.last_zxid, sessions])
+        # [head, chunk, chunk, ...] as one definite-length CBOR array.
+        return _array_header(1 + len(chunks)) + head + b"".join(chunks)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> DataTree:
@@ -417,7 +436,8 @@ class DataTree:
             ValueError: the bytes are not a well-formed, self-consistent image.
         """
         try:
-            magic, image_format, last_zxid, flat, sessions = cbor2.loads(data)
+            (magic, image_format, last_zxid, sessions), *chunks = cbor2.loads(data)
+            flat = [item for chunk in chunks for item in chunk]
         except (cbor2.CBORDecodeError, ValueError, TypeError) as error:
             raise ValueError(f"malformed tree image: {error}") from error
         if magic != _IMAGE_MAGIC or image_format != _IMAGE_FORMAT:

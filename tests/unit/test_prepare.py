@@ -6,6 +6,7 @@ from collections import deque
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,14 +19,16 @@ from coord.errors import (
     NotEmptyError,
     SessionExpiredError,
 )
-from coord.prepare import Preparer
+from coord.prepare import Preparer, _checked_path
 from coord.protocol import (
     CheckRequest,
     CreateMode,
     CreateRequest,
     DeleteRequest,
+    ExistsRequest,
     MultiRequest,
     SetDataRequest,
+    validate_path,
 )
 from coord.tree import ApplyResult, DataTree
 from coord.txn import (
@@ -688,3 +691,32 @@ def test_random_requests_apply_deterministically_and_survive_encoding_and_snapsh
         assert restored.ephemerals(session_id) == tree.ephemerals(session_id)
     for path in tree.nodes:
         assert restored.child_names(path) == tree.child_names(path)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    path=st.one_of(
+        st.text(alphabet="/.a-_:é\x00\x7f", max_size=8),
+        st.lists(st.sampled_from(["a", ".", "..", "", "b.", ".c", "\ud800"]), max_size=4).map(
+            lambda p: "/" + "/".join(p)
+        ),
+    ),
+    sequential=st.booleans(),
+)
+def test_fast_path_check_agrees_with_validate_path(path: str, sequential: bool) -> None:
+    try:
+        expected: str | None = validate_path(path, sequential=sequential)
+    except BadArgumentsError:
+        expected = None
+    try:
+        got: str | None = _checked_path(path, sequential=sequential)
+    except BadArgumentsError:
+        got = None
+    assert got == expected
+
+
+def test_a_read_request_is_refused_without_consuming_a_zxid() -> None:
+    h = Harness()
+    with pytest.raises(TypeError):
+        h.preparer.prepare(ExistsRequest(path="/"), session_id=0, xid=1, time_ms=1)  # type: ignore[arg-type]
+    assert (h.preparer.next_zxid, h.preparer.pending_count) == (1, 0)

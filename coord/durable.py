@@ -1,0 +1,95 @@
+"""The ZAB core's view of this server's durable state, over the LMDB log and snapshots.
+
+The core reads through this object (at start-up and while synchronising a
+follower) and never writes through it: its writes arrive as ``Output.persist``
+records, which :func:`write_records` carries out in order on the writer thread.
+
+Reads run on the trio thread while the writer thread appends: LMDB gives every
+read transaction a consistent view, so that is safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from coord.storage import ACCEPTED_EPOCH, CURRENT_EPOCH, SnapshotStore, TxnLog
+from coord.tree import DataTree
+from coord.zab.types import EpochRecord, LogEntry, Record, SnapshotRecord, TruncateRecord, Zxid
+
+
+class LogDurableState:
+    """:class:`coord.zab.types.DurableState` over a :class:`TxnLog` and a :class:`SnapshotStore`.
+
+    Args:
+        log: the server's txn log.
+        snapshot_zxid: the zxid of the snapshot the application state was loaded from.
+        current_tree: returns the application's tree as it is now (for SNAP).
+    """
+
+    def __init__(self, log: TxnLog, snapshot_zxid: Zxid, current_tree: Callable[[], DataTree]) -> None:
+        self.log = log
+        self.accepted_epoch = log.get_meta(ACCEPTED_EPOCH) or 0
+        self.current_epoch = log.get_meta(CURRENT_EPOCH) or 0
+        self._snapshot_zxid = snapshot_zxid
+        self._current_tree = current_tree
+
+    def _base(self) -> Zxid:
+        """Everything at or before this zxid is only in snapshots, not in the log."""
+        return max(int(self.log.stats().get("base_zxid", 0)), self._snapshot_zxid if not self.log.first_zxid else 0)
+
+    def last_zxid(self) -> Zxid:
+        return max(self.log.last_zxid, self._base(), self._snapshot_zxid)
+
+    def entries_after(self, zxid: Zxid) -> list[tuple[Zxid, bytes]] | None:
+        first = self.log.first_zxid
+        if first == 0:
+            return [] if zxid >= self.last_zxid() else None
+        if zxid < self._base():
+            return None
+        return list(self.log.read(zxid, verify=False))
+
+    def contains(self, zxid: Zxid) -> bool:
+        if zxid == 0 or zxid == self._snapshot_zxid or zxid == self._base():
+            return True
+        return self.log.get(zxid) is not None
+
+    def applied_zxid(self) -> Zxid:
+        return self._snapshot_zxid
+
+    def snapshot(self) -> tuple[Zxid, bytes]:
+        tree = self._current_tree()
+        return tree.last_zxid, DataTree.serialize_image(tree.image())
+
+
+def write_records(log: TxnLog, snapshots: SnapshotStore, records: Sequence[Record]) -> None:
+    """Make ``records`` durable, in order (blocking: run it in a worker thread).
+
+    Consecutive log entries go into ONE LMDB write transaction (group commit: one
+    fsync for all of them). Raises the storage errors of :mod:`coord.errors`;
+    records before the failing one are durable, none after it.
+    """
+    batch: list[tuple[int, bytes]] = []
+    for record in records:
+        if type(record) is LogEntry:
+            batch.append((record.zxid, record.txn))
+            continue
+        if batch:
+            log.append(batch)
+            batch = []
+        match record:
+            case EpochRecord():
+                if record.accepted_epoch is not None:
+                    log.set_meta(ACCEPTED_EPOCH, record.accepted_epoch)
+                if record.current_epoch is not None:
+                    log.set_meta(CURRENT_EPOCH, record.current_epoch)
+            case TruncateRecord():
+                log.truncate_after(record.zxid)
+            case SnapshotRecord():
+                # The snapshot replaces the whole history: write it, then drop every
+                # log entry (what it covers, and a suffix the leader does not have).
+                snapshots.write(record.zxid, record.data)
+                base = int(log.stats().get("base_zxid", 0))
+                log.truncate_after(max(base, min(record.zxid, log.last_zxid)))
+                log.purge_through(record.zxid)
+    if batch:
+        log.append(batch)
