@@ -10,7 +10,7 @@
 
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
-LINT_PATHS := coord client recipes tests bench examples
+LINT_PATHS := $(wildcard coord client recipes tests bench examples)
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
