@@ -380,7 +380,9 @@ async def open_server(config: ServerConfig) -> AsyncIterator[Server]:
         coord.recovery.RecoveryError: the data directory is damaged beyond what can
             be recovered without losing acknowledged writes.
     """
-    recovered = await trio.to_thread.run_sync(lambda: recover(config.data_dir, log_map_bytes=config.log_map_bytes))
+    recovered = await trio.to_thread.run_sync(
+        lambda: recover(config.data_dir, log_map_bytes=config.log_map_bytes, new_epoch=True)
+    )
     server = Server(config, recovered)
     try:
         listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
