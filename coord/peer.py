@@ -1,0 +1,629 @@
+"""The server-to-server transport: opaque frames between the servers of an ensemble.
+
+:class:`PeerTransport` carries ``bytes`` from one server to another. It knows nothing
+of Zab: the ZAB core's messages are encoded by ``coord.zab.codec`` and handed to
+:meth:`PeerTransport.send`; what arrives goes to ``on_message`` (or the ``received``
+channel) as ``(source id, bytes)``.
+
+Theory of operation
+-------------------
+*Two unidirectional connections per pair.* Every server dials every other server for
+its own outgoing messages and only ever writes on that connection; it reads from the
+connections the others dialed to it. A pair of servers therefore has exactly one
+connection per direction, owned by the sender. ZooKeeper's QuorumCnxManager shares
+one connection per pair and needs a tie-break ("the larger id keeps its dial") with
+races when both dial at once; here there is nothing to break a tie over. The cost,
+two sockets per pair, is nothing for 3 or 5 servers. Each connection is TCP, so a
+link delivers in order while it is up.
+
+*Frames.* A frame is a 4-byte big-endian length and that many bytes. The length is
+checked against ``frame_bytes_max`` before anything of the body is buffered; an
+oversized frame closes the connection with a logged reason.
+
+*Handshake, both ways, identity fails closed.* The dialer's first frame is a CBOR map
+``{"coord_peer": 1, "server_id": N, "ensemble_id": DIGEST}``. The accepting side
+refuses (logs why, closes) an id that is not in its ``peers``, its own id, another
+ensemble's digest, a different protocol version, or any other shape; it never uses
+the remote address for identity. Otherwise it answers with the same map for itself,
+and the dialer checks that the answer names the server it meant to dial (a wrong
+address in someone's configuration is refused, not silently used) and the same
+ensemble. Only then is the link up. The handshake frame is limited to
+``HANDSHAKE_BYTES_MAX`` and ``HANDSHAKE_TIMEOUT_S``, so a stranger costs little. There
+is no shared secret (yet): the handshake catches misconfiguration, not an attacker
+on the network.
+
+*Drop, never block.* :meth:`PeerTransport.send` is synchronous and never waits. The
+ZAB core is driven by one task; if sending to a slow or stuck follower could block
+it, one bad server would stall the whole ensemble (and an unbounded queue would
+instead eat the leader's memory). Zab already copes with lost messages: timeouts,
+re-election and re-sync. So a message for a link that is down is dropped, and a link
+whose queue passes ``queue_frames_max`` (or ``queue_bytes_max``) is broken: closed,
+its queue dropped. Dropping from the middle of a live link would leave a silent gap,
+so we only ever drop by breaking the link; the receiver sees the connection close.
+Delivery follows the same rule: when the ``received`` channel is full (or
+``on_message`` raises :class:`trio.WouldBlock`), the connection that delivered is
+closed rather than waited on.
+
+*No reordering across a reconnect.* Messages queued on a link that broke are dropped
+with it, and messages sent while it is down are dropped, so a new connection only
+ever carries messages sent after it came up. On the receiving side, a new connection
+from a server supersedes the older one at once: nothing more is delivered from the
+old connection (it is closed), so its stale bytes cannot overtake newer ones. Across
+a break a receiver can see a gap, never a reordering: exactly the "a link keeps its
+order until it breaks" model that the simulator uses.
+
+*Reconnects.* Each outgoing link has one task that dials, handshakes, writes and
+redials, with jittered exponential backoff from ``BACKOFF_MIN_S`` to
+``BACKOFF_MAX_S``; a link that stayed up for ``STABLE_LINK_S`` starts again from the
+minimum. The dialer also reads its connection, to notice at once when the other end
+closes it (and refuses any data sent its way).
+
+*Writes coalesce.* ``send`` appends to the link's queue and wakes its writer, which
+sends everything queued with one ``send_all``: under load many frames share one
+system call.
+
+*Fault hooks.* :meth:`PeerTransport.isolate` closes every link and drops everything
+sent or received until :meth:`PeerTransport.heal`, which lets the links come back.
+
+Ephemeral ports for tests: every server must know every other's address before any
+of them starts, so bind the listeners first with :func:`bind_peer_listeners`, build
+``peers`` from their addresses, and hand each listener to its transport's
+:meth:`PeerTransport.serve` (``listener=``)::
+
+    listeners = await bind_peer_listeners(3)
+    peers = {server_id: listener_address(listener) for server_id, listener in listeners.items()}
+    transports = {server_id: PeerTransport(server_id=server_id, peers=peers, ensemble_id=digest)
+                  for server_id in peers}
+    for server_id, transport in transports.items():
+        await nursery.start(partial(transport.serve, listener=listeners[server_id]))
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any, Final
+
+import trio
+
+from coord.config import Address
+from coord.config import format_address as _name
+from coord.protocol import HEADER, FrameReader, ProtocolError, decode_body, encode_frame
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[int, bytes], None]
+
+PEER_PROTOCOL_VERSION: Final = 1
+BACKOFF_MIN_S: Final = 0.02
+BACKOFF_MAX_S: Final = 1.0
+STABLE_LINK_S: Final = 1.0
+"""A link that stayed up this long reconnects at the minimum backoff after it breaks."""
+HANDSHAKE_TIMEOUT_S: Final = 5.0
+"""Connecting plus the handshake, on either side."""
+HANDSHAKE_BYTES_MAX: Final = 1024
+RECEIVE_BYTES: Final = 256 * 1024
+FRAME_BYTES_MAX_DEFAULT: Final = 64 << 20
+QUEUE_FRAMES_MAX_DEFAULT: Final = 10_000
+QUEUE_BYTES_MAX_DEFAULT: Final = 256 << 20
+
+_HELLO_KEYS: Final = frozenset({"coord_peer", "server_id", "ensemble_id"})
+
+
+class _LinkBrokenError(Exception):
+    """The connection of an outgoing link is closed or unusable (the reason is logged)."""
+
+
+class _OutLink:
+    """This server's outgoing link to one other server: state shared by send and its task."""
+
+    __slots__ = ("address", "bytes_queued", "frames_queued", "is_up", "queue", "scope", "target", "up_since", "wakeup")
+
+    def __init__(self, target: int, address: Address) -> None:
+        self.target = target
+        self.address = address
+        self.is_up = False
+        self.up_since = 0.0
+        self.queue: list[bytes] = []  # header, body, header, body, ...
+        self.frames_queued = 0
+        self.bytes_queued = 0
+        self.wakeup = trio.Event()
+        self.scope: trio.CancelScope | None = None  # the current connection; cancel to break the link
+
+    def clear(self) -> int:
+        """Empty the queue; returns the number of frames dropped."""
+        dropped = self.frames_queued
+        self.queue = []
+        self.frames_queued = 0
+        self.bytes_queued = 0
+        return dropped
+
+
+class PeerTransport:
+    """One server's links to the other servers of its ensemble.
+
+    Args:
+        server_id: this server's id; a key of ``peers``.
+        peers: every server of the ensemble, this one included, -> its peer
+            ``(host, port)``. This server listens on ``peers[server_id]`` (port 0 is
+            allowed; see ``address``) and dials the others.
+        ensemble_id: a digest of the membership
+            (:attr:`coord.config.EnsembleConfig.ensemble_id`); peers must agree on it.
+        on_message: called as ``on_message(source, data)`` for every frame received,
+            synchronously from the connection's reader task, in arrival order per
+            source. It must not block; it may call :meth:`send`. If it raises
+            :class:`trio.WouldBlock` (its own bounded queue is full) that connection is
+            closed; any other exception is a bug and crashes :meth:`serve`. When None,
+            frames go to the ``received`` channel instead.
+        frame_bytes_max: the largest frame sent or accepted.
+        queue_frames_max: frames queued unsent on one link before the link is broken;
+            also the capacity of the ``received`` channel.
+        queue_bytes_max: bytes queued unsent on one link before the link is broken.
+        rng: randomness for the backoff jitter (seed it for reproducible tests).
+
+    Attributes:
+        received: ``(source id, data)`` pairs, when no ``on_message`` was given. It
+            holds at most ``queue_frames_max``; when it is full, the connection that
+            delivered is closed rather than waited on. It is never closed.
+        address: the bound peer address once :meth:`serve` is listening (before
+            that, ``peers[server_id]`` as given).
+        frames_dropped: frames given to :meth:`send` or received that were dropped
+            (link down, isolated, queue overflow). Diagnostics only.
+    """
+
+    def __init__(
+        self,
+        *,
+        server_id: int,
+        peers: Mapping[int, Address],
+        ensemble_id: bytes,
+        on_message: MessageHandler | None = None,
+        frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
+        queue_frames_max: int = QUEUE_FRAMES_MAX_DEFAULT,
+        queue_bytes_max: int = QUEUE_BYTES_MAX_DEFAULT,
+        rng: random.Random | None = None,
+    ) -> None:
+        if server_id not in peers:
+            raise ValueError(f"server {server_id} is not in peers {sorted(peers)}")
+        if not isinstance(ensemble_id, bytes):
+            raise TypeError(f"ensemble_id must be bytes, got {type(ensemble_id).__name__}")
+        if frame_bytes_max < 1 or queue_frames_max < 1 or queue_bytes_max < frame_bytes_max:
+            raise ValueError("need frame_bytes_max > 0, queue_frames_max > 0, queue_bytes_max >= frame_bytes_max")
+        self.server_id = server_id
+        self.ensemble_id = ensemble_id
+        self.address: Address = peers[server_id]
+        self.frames_dropped = 0
+        self._peers = dict(peers)
+        self._frame_bytes_max = frame_bytes_max
+        self._queue_frames_max = queue_frames_max
+        self._queue_bytes_max = queue_bytes_max
+        self._rng = rng if rng is not None else random.Random()
+        self._hello = encode_frame(
+            {"coord_peer": PEER_PROTOCOL_VERSION, "server_id": server_id, "ensemble_id": ensemble_id}
+        )
+        self._links = {
+            target: _OutLink(target, address) for target, address in sorted(peers.items()) if target != server_id
+        }
+        self._incoming: dict[int, trio.CancelScope] = {}  # source -> its current (newest) connection
+        self._unidentified: set[trio.CancelScope] = set()  # accepted connections still in their handshake
+        self._is_isolated = False
+        self._healed = trio.Event()
+        self._is_serving = False
+        self._received_in, self.received = trio.open_memory_channel[tuple[int, bytes]](queue_frames_max)
+        self._deliver: MessageHandler = on_message if on_message is not None else self._deliver_to_channel
+
+    # --- the caller's side ---------------------------------------------------------------
+
+    def send(self, target: int, data: bytes) -> None:
+        """Queue ``data`` for ``target``; never blocks.
+
+        Dropped (silently, counted in ``frames_dropped``) when the link is down or this
+        server is isolated. If the link already has ``queue_frames_max`` frames (or
+        ``queue_bytes_max`` bytes) waiting, the link is broken instead: closed, its
+        queue dropped, and redialed; the messages after that go on the new connection.
+
+        Raises:
+            ValueError: ``target`` is not another server of the ensemble, or ``data``
+                is longer than ``frame_bytes_max`` (the receiver would refuse it).
+        """
+        link = self._links.get(target)
+        if link is None:
+            raise ValueError(f"server {target} is not a peer of server {self.server_id}")
+        if len(data) > self._frame_bytes_max:
+            raise ValueError(f"a frame of {len(data)} bytes is over the limit of {self._frame_bytes_max}")
+        if not link.is_up:
+            self.frames_dropped += 1
+            return
+        if link.frames_queued >= self._queue_frames_max or link.bytes_queued + len(data) > self._queue_bytes_max:
+            log.warning(
+                "link to server %d: %d frames (%d bytes) waiting unsent; breaking it",
+                target,
+                link.frames_queued,
+                link.bytes_queued,
+            )
+            self.frames_dropped += 1
+            self._break(link)
+            return
+        link.queue.append(HEADER.pack(len(data)))
+        link.queue.append(data)
+        link.frames_queued += 1
+        link.bytes_queued += len(data)
+        link.wakeup.set()
+
+    def links_up(self) -> set[int]:
+        """The ids of the servers this one has an established outgoing link to."""
+        return {target for target, link in self._links.items() if link.is_up}
+
+    def links_in(self) -> set[int]:
+        """The ids of the servers with an established link to this one (diagnostics)."""
+        return set(self._incoming)
+
+    @property
+    def is_isolated(self) -> bool:
+        return self._is_isolated
+
+    def isolate(self) -> None:
+        """Cut this server off: close every link; drop all sent and received until :meth:`heal`."""
+        if self._is_isolated:
+            return
+        log.warning("server %d isolated from its peers (fault hook)", self.server_id)
+        self._is_isolated = True
+        self._healed = trio.Event()
+        for link in self._links.values():
+            self._break(link)
+        for scope in [*self._incoming.values(), *self._unidentified]:
+            scope.cancel()
+        self._incoming.clear()
+        self._unidentified.clear()
+
+    def heal(self) -> None:
+        """Undo :meth:`isolate`: the links are dialed and accepted again."""
+        if not self._is_isolated:
+            return
+        log.warning("server %d healed (fault hook)", self.server_id)
+        self._is_isolated = False
+        self._healed.set()
+
+    # --- serving ---------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        *,
+        listener: trio.SocketListener | None = None,
+        task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen, accept the other servers' links, and keep one link to each of them.
+
+        Runs until cancelled, then closes every socket, the listener's too. It may be
+        called again afterwards (a restart); not twice at once.
+
+        Args:
+            listener: an already bound listener to accept on (it becomes this
+                transport's and is closed at the end), e.g. from
+                :func:`bind_peer_listeners`; by default bind ``peers[server_id]``.
+            task_status: ``started(address)`` once listening, with the bound address.
+
+        Raises:
+            OSError: the peer address cannot be bound.
+        """
+        if self._is_serving:
+            raise RuntimeError(f"server {self.server_id}'s transport is already serving")
+        self._is_serving = True
+        try:
+            if listener is not None:
+                listeners = [listener]
+            else:
+                host, port = self._peers[self.server_id]
+                listeners = await trio.open_tcp_listeners(port, host=host)
+            try:
+                self.address = listener_address(listeners[0])
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(
+                        partial(trio.serve_listeners, self._handle_incoming, listeners, handler_nursery=nursery)
+                    )
+                    for link in self._links.values():
+                        nursery.start_soon(self._serve_link, link)
+                    log.info("server %d: peer transport listening on %s", self.server_id, _name(self.address))
+                    task_status.started(self.address)
+            finally:
+                for link in self._links.values():
+                    self._break(link)
+                self._incoming.clear()
+                self._unidentified.clear()
+                for each in listeners:
+                    await trio.aclose_forcefully(each)
+        finally:
+            self._is_serving = False
+
+    # --- outgoing links -----------------------------------------------------------------
+
+    def _break(self, link: _OutLink) -> None:
+        """Mark ``link`` down and drop its queue now; its task closes the socket and redials."""
+        if link.is_up:
+            log.info("link to server %d down", link.target)
+        link.is_up = False
+        self.frames_dropped += link.clear()
+        if link.scope is not None:
+            link.scope.cancel()
+
+    async def _serve_link(self, link: _OutLink) -> None:
+        """Dial ``link.target``, carry the link while it is up, redial with backoff; forever."""
+        backoff = BACKOFF_MIN_S
+        while True:
+            if self._is_isolated:
+                await self._healed.wait()
+                backoff = BACKOFF_MIN_S
+                continue
+            link.scope = trio.CancelScope()
+            link.up_since = 0.0
+            with link.scope:
+                await self._run_link(link)
+            link.scope = None
+            self._break(link)
+            if link.up_since and trio.current_time() - link.up_since >= STABLE_LINK_S:
+                backoff = BACKOFF_MIN_S
+            if self._is_isolated:
+                continue
+            await trio.sleep(backoff * self._rng.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def _run_link(self, link: _OutLink) -> None:
+        """One connection of ``link``: dial, handshake, then write until it breaks."""
+        target = link.target
+        stream: trio.SocketStream | None = None
+        try:
+            with trio.move_on_after(HANDSHAKE_TIMEOUT_S) as timeout:
+                try:
+                    stream = await trio.open_tcp_stream(*link.address)
+                except OSError as error:
+                    # the normal state of a link while the other server is down
+                    log.debug("link to server %d: cannot connect to %s: %s", target, _name(link.address), error)
+                    return
+                await stream.send_all(self._hello)
+                reply, leftover = await _read_hello(stream)
+            if timeout.cancelled_caught:
+                log.warning("link to server %d: no handshake answer within %ss", target, HANDSHAKE_TIMEOUT_S)
+                return
+            assert stream is not None
+            self._check_answer(target, reply)
+            if leftover:
+                raise _LinkBrokenError("data after the handshake on an outgoing link")
+            link.clear()
+            link.is_up = True
+            link.up_since = trio.current_time()
+            log.info("link to server %d up (%s)", target, _name(link.address))
+            async with trio.open_nursery() as nursery:
+                # the writer cancels the nursery (having logged why) if a send fails
+                nursery.start_soon(self._write, link, stream, nursery.cancel_scope)
+                problem, is_violation = await _wait_closed(stream)
+                log.log(logging.WARNING if is_violation else logging.INFO, "link to server %d: %s", target, problem)
+                nursery.cancel_scope.cancel()
+        except (_LinkBrokenError, ProtocolError) as error:
+            log.warning("link to server %d (%s): %s; closing", target, _name(link.address), error)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            log.info("link to server %d: connection lost (%s)", target, error.__cause__ or error)
+        finally:
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
+
+    def _check_answer(self, target: int, reply: Any) -> None:
+        """Check the accepting server's handshake answer: the server we dialed, our ensemble."""
+        if reply is None:
+            raise _LinkBrokenError("refused (closed during the handshake; its log says why)")
+        server_id, ensemble_id = _parse_hello(reply)
+        if server_id != target:
+            raise _LinkBrokenError(f"the server at this address is server {server_id}, not {target}")
+        if ensemble_id != self.ensemble_id:
+            raise _LinkBrokenError(f"server {target} belongs to another ensemble ({_short(ensemble_id)})")
+
+    @staticmethod
+    async def _write(link: _OutLink, stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+        """Flush the link's queue, everything queued in one ``send_all``, until it breaks."""
+        try:
+            while True:
+                await link.wakeup.wait()
+                link.wakeup = trio.Event()
+                if not link.queue:
+                    continue
+                batch = link.queue
+                link.queue = []
+                link.frames_queued = 0
+                link.bytes_queued = 0
+                await stream.send_all(b"".join(batch))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            log.info("link to server %d: send failed (%s)", link.target, error.__cause__ or error)
+            scope.cancel()
+
+    # --- incoming links -----------------------------------------------------------------
+
+    async def _handle_incoming(self, stream: trio.SocketStream) -> None:
+        """One accepted connection: the handshake, then deliver its frames until it closes."""
+        name = _remote_name(stream)
+        scope = trio.CancelScope()
+        source: int | None = None
+        self._unidentified.add(scope)
+        try:
+            with scope:
+                if self._is_isolated:
+                    return
+                with trio.move_on_after(HANDSHAKE_TIMEOUT_S) as timeout:
+                    hello, leftover = await _read_hello(stream)
+                if timeout.cancelled_caught:
+                    log.warning("peer connection from %s: no handshake within %ss; closing", name, HANDSHAKE_TIMEOUT_S)
+                    return
+                if hello is None:
+                    log.info("peer connection from %s: closed before its handshake", name)
+                    return
+                source = self._check_hello(hello, name)
+                self._unidentified.discard(scope)
+                previous = self._incoming.get(source)
+                if previous is not None:
+                    # the sender only dials again once it gave up on its old connection:
+                    # nothing more may be delivered from that one
+                    log.info("link from server %d: replaced by a new connection from %s", source, name)
+                    previous.cancel()
+                self._incoming[source] = scope
+                await stream.send_all(self._hello)
+                log.info("link from server %d up (%s)", source, name)
+                reader = FrameReader(self._frame_bytes_max)
+                reader.feed(leftover)
+                await self._read_frames(stream, reader, source, scope)
+        except (_LinkBrokenError, ProtocolError) as error:
+            label = f"server {source}" if source is not None else "unidentified peer"
+            log.warning("peer connection from %s (%s): %s; closing", name, label, error)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            log.info("peer connection from %s: lost (%s)", name, error.__cause__ or error)
+        finally:
+            self._unidentified.discard(scope)
+            if source is not None and self._incoming.get(source) is scope:
+                del self._incoming[source]
+                log.info("link from server %d down", source)
+            await trio.aclose_forcefully(stream)
+
+    def _check_hello(self, hello: Any, name: str) -> int:
+        """The dialer's id, if it may link to us (fail closed: anything unexpected refuses)."""
+        server_id, ensemble_id = _parse_hello(hello)
+        if server_id == self.server_id:
+            raise _LinkBrokenError(f"refused: claims to be server {server_id}, which is this server")
+        if server_id not in self._peers:
+            known = ", ".join(str(known_id) for known_id in sorted(self._peers))
+            raise _LinkBrokenError(f"refused: server {server_id} is not in this ensemble ({known})")
+        if ensemble_id != self.ensemble_id:
+            raise _LinkBrokenError(
+                f"refused: server {server_id} has another ensemble configuration "
+                f"({_short(ensemble_id)}, ours {_short(self.ensemble_id)})"
+            )
+        return server_id
+
+    async def _read_frames(
+        self, stream: trio.SocketStream, reader: FrameReader, source: int, scope: trio.CancelScope
+    ) -> None:
+        deliver = self._deliver
+        incoming = self._incoming
+        while True:
+            for body in reader:  # ProtocolError for an oversized frame
+                if incoming.get(source) is not scope:
+                    return  # superseded by a newer connection, or isolated
+                try:
+                    deliver(source, body)
+                except trio.WouldBlock:
+                    self.frames_dropped += 1
+                    raise _LinkBrokenError("the receiver is not keeping up") from None
+            data = await stream.receive_some(RECEIVE_BYTES)
+            if not data:
+                log.info("link from server %d: closed by the sender", source)
+                return
+            reader.feed(data)
+
+    def _deliver_to_channel(self, source: int, data: bytes) -> None:
+        self._received_in.send_nowait((source, data))
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+async def bind_peer_listeners(count: int, *, host: str = "127.0.0.1") -> dict[int, trio.SocketListener]:
+    """Bind ``count`` listeners on ephemeral ports, for servers ``1..count`` (tests).
+
+    Every server must know every other's peer address before any starts; binding
+    first lets tests use port 0. Pass each to :meth:`PeerTransport.serve` as
+    ``listener=``, with ``peers`` built by :func:`listener_address`.
+    """
+    listeners: dict[int, trio.SocketListener] = {}
+    try:
+        for server_id in range(1, count + 1):
+            listeners[server_id] = (await trio.open_tcp_listeners(0, host=host))[0]
+    except BaseException:
+        for listener in listeners.values():
+            await trio.aclose_forcefully(listener)
+        raise
+    return listeners
+
+
+def listener_address(listener: trio.SocketListener) -> Address:
+    """The ``(host, port)`` a listener is bound to."""
+    host, port = listener.socket.getsockname()[:2]
+    return host, port
+
+
+def _parse_hello(item: Any) -> tuple[int, bytes]:
+    """``(server_id, ensemble_id)`` from a handshake map, checked strictly."""
+    if not isinstance(item, dict) or set(item) != _HELLO_KEYS:
+        raise ProtocolError("not a peer handshake")
+    version = item["coord_peer"]
+    if type(version) is not int or version != PEER_PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported peer protocol version {version!r}")
+    server_id = item["server_id"]
+    if type(server_id) is not int:
+        raise ProtocolError(f"server_id must be an integer, got {type(server_id).__name__}")
+    ensemble_id = item["ensemble_id"]
+    if type(ensemble_id) is not bytes:
+        raise ProtocolError(f"ensemble_id must be bytes, got {type(ensemble_id).__name__}")
+    return server_id, ensemble_id
+
+
+async def _read_hello(stream: trio.SocketStream) -> tuple[Any, bytes]:
+    """The handshake item (None at end of stream) and any bytes that came after it.
+
+    Read with its own small limit, so a stranger cannot make us buffer a large frame.
+
+    Raises:
+        ProtocolError: the frame is over ``HANDSHAKE_BYTES_MAX`` or not one CBOR item.
+    """
+    buffer = bytearray()
+    while True:
+        if len(buffer) >= HEADER.size:
+            (length,) = HEADER.unpack_from(buffer)
+            if length > HANDSHAKE_BYTES_MAX:
+                raise ProtocolError(f"handshake frame of {length} bytes is over the limit of {HANDSHAKE_BYTES_MAX}")
+            end = HEADER.size + length
+            if len(buffer) >= end:
+                return decode_body(bytes(buffer[HEADER.size : end])), bytes(buffer[end:])
+        data = await stream.receive_some(RECEIVE_BYTES)
+        if not data:
+            return None, b""
+        buffer += data
+
+
+async def _wait_closed(stream: trio.SocketStream) -> tuple[str, bool]:
+    """Wait until the other end closes our outgoing connection or misbehaves.
+
+    Returns:
+        what happened, and whether it broke the protocol.
+
+    Nothing may flow towards the dialer on an outgoing link after the handshake, so
+    any data is a reason to close it too. Never raises (it runs in a nursery's body,
+    where an exception would come out wrapped in an ExceptionGroup).
+    """
+    try:
+        data = await stream.receive_some(RECEIVE_BYTES)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+        return f"connection lost ({error.__cause__ or error})", False
+    if data:
+        return f"{len(data)} unexpected bytes from the receiving end; closing", True
+    return "closed by the receiving end", False
+
+
+def _remote_name(stream: trio.SocketStream) -> str:
+    try:
+        return _name(stream.socket.getpeername()[:2])
+    except OSError:
+        return "?"
+
+
+def _short(ensemble_id: bytes) -> str:
+    return ensemble_id[:6].hex() or "empty"
+
+
+__all__ = [
+    "BACKOFF_MAX_S",
+    "BACKOFF_MIN_S",
+    "HANDSHAKE_TIMEOUT_S",
+    "PEER_PROTOCOL_VERSION",
+    "MessageHandler",
+    "PeerTransport",
+    "bind_peer_listeners",
+    "listener_address",
+]
