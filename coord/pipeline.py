@@ -108,6 +108,12 @@ log = logging.getLogger(__name__)
 _encode_frame = protocol.encode_frame
 
 
+_ORDERED_REQUESTS = frozenset(
+    {CreateRequest, DeleteRequest, SetDataRequest, MultiRequest, CloseSessionRequest, SyncRequest}
+)
+"""Requests that need the leader (everything else is served from the local tree)."""
+
+
 def _encode_app(item: list[Any]) -> bytes:
     """An application message between the leader and a follower (CBOR array)."""
     return cbor2.dumps(item)
@@ -394,6 +400,15 @@ class Pipeline:
             self._send(conn, self._error_frame(xid, SessionExpiredError("session expired")))
             self._out.close.append(conn_id)
             self._drop(conn)
+            return
+        if self.mode is Mode.OFFLINE and type(request) in _ORDERED_REQUESTS:
+            # No leader to order it (the connection stays for reads; a disk error or
+            # an election is being recovered from). The client may retry.
+            error_frame = self._error_frame(xid, NotLeaderError("no leader right now; retry"))
+            if conn.queue:
+                conn.queue.append(_Entry(xid, EntryKind.READ, None, frame=error_frame))
+            else:
+                self._send(conn, error_frame)
             return
         match request:
             case CreateRequest() | DeleteRequest() | SetDataRequest() | MultiRequest() | CloseSessionRequest():

@@ -1,25 +1,30 @@
 """The trio shell of one server: sockets, the disk thread, the clock.
 
-The shell owns no protocol logic. It recovers the state from disk, then runs:
+The shell owns no protocol logic. It wires three pure state machines together
+and carries out what they ask:
 
-- a listener whose handler per client connection reads frames, decodes them
-  and feeds them to the :class:`~coord.pipeline.Pipeline`;
-- one writer task per connection that flushes everything queued for it in one
-  ``send_all`` (replies coalesce under load);
-- the log writer: drains every proposal waiting at that moment into ONE LMDB
-  write transaction (group commit, one fsync) in a worker thread, then tells the
-  pipeline they are committed — so nothing is applied or acknowledged before it
-  is durable;
-- the ticker (session expiry, container/TTL clean-up) and the snapshotter.
+- the :class:`~coord.pipeline.Pipeline` (client requests -> txns -> replies),
+- the ZAB core :class:`~coord.zab.peer.Peer` (ordering, durability, replication),
+- the :class:`~coord.peer.PeerTransport` to the other servers (none when standalone).
 
-After every input the shell "pumps" the pipeline's output: frames go to their
-connections' buffers, proposals to the log writer, closes to the connections.
-Everything runs on the trio thread except LMDB commits, snapshot serialisation
-and snapshot writes (``trio.to_thread``). A standalone server is an ensemble of
-one: the log writer is its whole replication step.
+A standalone server is an ensemble of one: the same ZAB core, with a quorum of
+one, so there is one code path. Tasks:
 
-A malformed or oversized frame closes that connection with a logged reason; a
-well-formed request with bad fields gets a typed error; nothing else is affected.
+- per client connection, a reader (frames -> pipeline) and a writer that flushes
+  everything queued for it in one ``send_all`` (replies coalesce under load);
+- the record writer: drains every record ZAB asked to persist at that moment into
+  one LMDB write transaction (group commit, one fsync) in a worker thread, then
+  reports ``persisted`` — ZAB acknowledges and delivers nothing before that;
+- the ZAB ticker, the session ticker and the snapshotter.
+
+After every input the shell *pumps*: it moves outputs between the pipeline and
+ZAB until both are quiet, sends frames to connections, and messages to peers.
+Only LMDB writes and snapshot serialisation leave the trio thread
+(``trio.to_thread``).
+
+A storage error makes this server drop its in-memory ZAB state and rejoin from its
+durable state (CORRECTNESS rule 4); everything in flight is answered with the
+error, reads keep working, and a standalone server re-elects itself at once.
 """
 
 from __future__ import annotations
@@ -36,12 +41,16 @@ import trio
 
 from coord import protocol
 from coord.config import ServerConfig
-from coord.errors import CoordError, StorageError, ThrottledOpError
-from coord.pipeline import Pipeline, PipelineConfig
+from coord.durable import LogDurableState, write_records
+from coord.errors import ConnectionLossError, CoordError, StorageError, ThrottledOpError
+from coord.peer import PeerTransport
+from coord.pipeline import Mode, Pipeline, PipelineConfig
 from coord.protocol import ConnectRequest, FrameReader, ProtocolError, StatusRequest
 from coord.recovery import Recovered, recover
 from coord.tree import DataTree
-from coord.txn import Txn, encode_txn
+from coord.txn import Txn, decode_txn, encode_txn
+from coord.zab import Peer, PeerConfig, Role, decode_message, encode_message
+from coord.zab.types import Envelope, Record
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +58,8 @@ HANDSHAKE_TIMEOUT_S = 10.0
 RECEIVE_BYTES = 256 * 1024
 OUTBOX_BYTES_MAX = 64 * 1024 * 1024
 """A client that lets more than this pile up unread is cut off (it is not reading)."""
+STANDALONE_TICK_MS = 20
+"""The ZAB tick of an ensemble of one (it only paces its own election)."""
 
 
 class _ClientConnection:
@@ -77,7 +88,7 @@ class _ClientConnection:
 
 
 class Server:
-    """A running standalone server. Made by :func:`open_server`."""
+    """A running server (standalone or a member of an ensemble). Made by :func:`open_server`."""
 
     def __init__(self, config: ServerConfig, recovered: Recovered) -> None:
         self.config = config
@@ -95,19 +106,48 @@ class Server:
             ),
             rng=random.Random(),
             now_ms=now_ms,
-            epoch=recovered.epoch,
+            epoch=0,
             wall_offset_ms=int(time.time() * 1000) - now_ms,
+            mode=Mode.OFFLINE,
         )
+        ensemble = config.ensemble
+        self.is_standalone = ensemble is None
+        self._zab_tick_s = (STANDALONE_TICK_MS if ensemble is None else ensemble.tick_ms) / 1000
+        self._durable = LogDurableState(recovered.log, recovered.snapshot_zxid, lambda: self.pipeline.tree)
+        self._peer_config = PeerConfig(
+            server_id=config.server_id,
+            voters=ensemble.voters if ensemble else (config.server_id,),
+            **(
+                {"init_limit_ticks": ensemble.init_limit_ticks, "sync_limit_ticks": ensemble.sync_limit_ticks}
+                if ensemble
+                else {}
+            ),
+        )
+        self.zab = Peer(self._peer_config, self._durable, random.Random(), delivered_zxid=recovered.snapshot_zxid)
+        self.transport: PeerTransport | None = None
+        if ensemble is not None:
+            self.transport = PeerTransport(
+                server_id=config.server_id,
+                peers=ensemble.peers,
+                ensemble_id=ensemble.ensemble_id,
+                on_message=self._on_peer_message,
+            )
         self._conns: dict[int, _ClientConnection] = {}
         self._ids = itertools.count(1)
-        self._proposals: list[Txn] = []
-        self._log_wakeup = trio.Event()
+        self._records: list[Record] = []
+        self._records_wakeup = trio.Event()
+        self._log_lock = trio.Lock()  # one writer of the log at a time (records, purges)
         self._snapshot_wakeup = trio.Event()
-        self._since_snapshot = recovered.replayed
+        self._since_snapshot = 0
+        self._own_txns: dict[int, Txn] = {}  # proposals of this leader, by zxid, until delivered
+        self._barriers: dict[int, tuple[int, int, int]] = {}
         self._frame_bytes_max = protocol.frame_bytes_max(config.data_bytes_max)
         self.address: tuple[str, int] = ("", 0)
         self.snapshots_taken = 0
         self.last_storage_error: str | None = None
+        self.role_changes: list[str] = []
+        self._ready = trio.Event()
+        self._isolated = False
 
     # --- public ---------------------------------------------------------------------
 
@@ -120,10 +160,34 @@ class Server:
     def tree(self) -> DataTree:
         return self.pipeline.tree
 
+    @property
+    def role(self) -> str:
+        """``standalone``, ``leader``, ``follower`` or ``looking``."""
+        if not self.zab.is_ready:
+            return "looking"
+        if self.is_standalone:
+            return "standalone"
+        return "leader" if self.zab.role is Role.LEADING else "follower"
+
+    @property
+    def is_serving(self) -> bool:
+        return self.zab.is_ready
+
+    @property
+    def is_isolated(self) -> bool:
+        return self._isolated
+
+    async def wait_serving(self) -> None:
+        """Wait until this server serves clients (it leads or follows an established leader)."""
+        while not self.zab.is_ready:
+            await self._ready.wait()
+
     def status(self) -> dict[str, Any]:
         """Role, zxid, counts: what ``coord status`` shows."""
         status = self.pipeline.status()
-        status["role"] = "standalone"
+        status["role"] = self.role
+        status["epoch"] = self.zab.epoch
+        status["leader"] = self.zab.leader_id
         status["address"] = self.connect_string
         status["snapshots_taken"] = self.snapshots_taken
         status["log"] = self._log.stats()
@@ -136,8 +200,20 @@ class Server:
         for conn in list(self._conns.values()):
             conn.scope.cancel()
 
+    def isolate(self) -> None:
+        """Cut this server off from its peers and its clients (a fault hook for tests)."""
+        self._isolated = True
+        if self.transport is not None:
+            self.transport.isolate()
+        self.drop_connections()
+
+    def heal(self) -> None:
+        self._isolated = False
+        if self.transport is not None:
+            self.transport.heal()
+
     async def expire_session(self, session_id: int) -> bool:
-        """Expire ``session_id`` now, as if it had timed out; returns once it is closed."""
+        """Expire ``session_id`` now, as if it had timed out (leader only); returns once it is gone here."""
         if not self.pipeline.expire_session(session_id, self._now_ms()):
             return False
         self._pump()
@@ -156,61 +232,153 @@ class Server:
     def _now_ms() -> int:
         return int(trio.current_time() * 1000)
 
+    def _on_peer_message(self, source: int, data: bytes) -> None:
+        try:
+            message = decode_message(data)
+        except ValueError as error:
+            log.warning("dropping a malformed message from server %d: %s", source, error)
+            return
+        self.zab.step(Envelope(source=source, target=self.config.server_id, message=message))
+        self._pump()
+
     def _pump(self) -> None:
-        out = self.pipeline.take_output()
-        while out.barriers:
-            # Standalone: this server is the whole quorum, so its leadership is
-            # confirmed at once.
-            for origin, session_id, xid in out.barriers:
-                self.pipeline.barrier_done(origin, session_id, xid)
-            more = self.pipeline.take_output()
-            out.frames += more.frames
-            out.proposals += more.proposals
-            out.close += more.close
-            out.barriers = more.barriers
-        if out.frames:
-            conns = self._conns
-            for conn_id, frame in out.frames:
-                conn = conns.get(conn_id)
+        """Move outputs between the pipeline and ZAB until both are quiet."""
+        pipeline = self.pipeline
+        zab = self.zab
+        for _ in range(1_000):
+            out = pipeline.take_output()
+            busy = False
+            if out.frames:
+                conns = self._conns
+                for conn_id, frame in out.frames:
+                    conn = conns.get(conn_id)
+                    if conn is not None:
+                        conn.push(frame)
+            for conn_id in out.close:
+                conn = self._conns.get(conn_id)
                 if conn is not None:
-                    conn.push(frame)
-        if out.proposals:
-            self._proposals.extend(out.proposals)
-            self._log_wakeup.set()
-        for conn_id in out.close:
-            conn = self._conns.get(conn_id)
-            if conn is not None:
-                conn.close_soon()
+                    conn.close_soon()
+            for txn in out.proposals:
+                busy = True
+                zxid = zab.propose(encode_txn(txn))
+                assert zxid == txn.zxid, f"ZAB assigned {zxid:#x}, the preparer {txn.zxid:#x}"
+                self._own_txns[zxid] = txn
+            for payload in out.to_leader:
+                busy = True
+                zab.app_to_leader(payload)
+            for target, payload in out.to_followers:
+                busy = True
+                zab.send_app(target, payload)
+            for barrier in out.barriers:
+                busy = True
+                self._barriers[zab.barrier()] = barrier
+
+            zout = zab.take_output()
+            if zout.send and self.transport is not None:
+                send = self.transport.send
+                for envelope in zout.send:
+                    send(envelope.target, encode_message(envelope.message))
+            if zout.persist:
+                self._records.extend(zout.persist)
+                self._records_wakeup.set()
+            if zout.install is not None:
+                busy = True
+                zxid, data = zout.install
+                tree = DataTree.from_bytes(data)
+                assert tree.last_zxid == zxid
+                pipeline.install(tree)
+            if zout.deliver:
+                busy = True
+                own = self._own_txns
+                txns = [own.pop(zxid, None) or decode_txn(data) for zxid, data in zout.deliver]
+                pipeline.committed(txns)
+                self._since_snapshot += len(txns)
+                if self._since_snapshot >= self.config.snapshot_every_txns:
+                    self._snapshot_wakeup.set()
+            for source, payload in zout.app:
+                busy = True
+                if zab.role is Role.LEADING:
+                    pipeline.from_follower(source, payload, self._now_ms())
+                else:
+                    pipeline.from_leader(payload)
+            for barrier_id in zout.barriers:
+                busy = True
+                barrier = self._barriers.pop(barrier_id, None)
+                if barrier is not None:
+                    pipeline.barrier_done(*barrier)
+            if zout.ready is not None or zout.roles:
+                busy = True
+                self._role_changed(zout.ready)
+            if not busy:
+                return
+        raise AssertionError("the pipeline and ZAB did not quiesce")  # pragma: no cover
+
+    def _role_changed(self, ready: bool | None) -> None:
+        zab = self.zab
+        now_ms = self._now_ms()
+        if ready is False or (not zab.is_ready and self.pipeline.mode is not Mode.OFFLINE):
+            self._own_txns.clear()
+            self._barriers.clear()
+            self.pipeline.go_offline(ConnectionLossError("this server lost its leader; reconnect"))
+            self.role_changes.append("looking")
+            log.info("server %d: not serving (looking for a leader)", self.config.server_id)
+            self._ready = trio.Event()
+        elif zab.is_ready:
+            if zab.role is Role.LEADING and self.pipeline.mode is not Mode.LEADER:
+                self.pipeline.become_leader(zab.next_zxid, now_ms)
+            elif zab.role is Role.FOLLOWING and self.pipeline.mode is not Mode.FOLLOWER:
+                self.pipeline.become_follower(now_ms)
+            else:
+                return
+            self.role_changes.append(self.role)
+            log.info("server %d: %s in epoch %d", self.config.server_id, self.role, zab.epoch)
+            self._ready.set()
 
     # --- tasks ------------------------------------------------------------------------
 
-    async def _serve_log(self) -> None:
-        """Group commit: everything proposed while the last commit ran goes into the next."""
+    async def _serve_records(self) -> None:
+        """Group commit: everything ZAB asked to persist while the last write ran goes into the next."""
         while True:
-            await self._log_wakeup.wait()
-            self._log_wakeup = trio.Event()
-            batch = self._proposals
-            if not batch:
+            await self._records_wakeup.wait()
+            self._records_wakeup = trio.Event()
+            records = self._records
+            if not records:
                 continue
-            self._proposals = []
-            entries = [(txn.zxid, encode_txn(txn)) for txn in batch]
+            self._records = []
             try:
-                await trio.to_thread.run_sync(self._log.append, entries)
+                async with self._log_lock:
+                    await trio.to_thread.run_sync(write_records, self._log, self._snapshots, records)
             except (StorageError, CoordError) as error:
-                # Nothing of this batch is durable; whatever was proposed meanwhile
-                # was prepared on top of it, so it fails too.
-                failed = batch + self._proposals
-                self._proposals = []
-                self.last_storage_error = str(error)
-                log.error("log write of %d txns failed: %s", len(failed), error)
-                self.pipeline.abort_pending(error)
-                self._pump()
+                await self._storage_failed(error)
                 continue
-            self.pipeline.committed(batch)
+            self.zab.persisted(records[-1].seq)
             self._pump()
-            self._since_snapshot += len(batch)
-            if self._since_snapshot >= self.config.snapshot_every_txns:
-                self._snapshot_wakeup.set()
+
+    async def _storage_failed(self, error: CoordError) -> None:
+        """The disk refused a write: nothing after the last durable record is written.
+
+        The ZAB core's in-memory state assumed those records would be durable, so it is
+        rebuilt from what really is (rule 4); everything in flight fails with the error.
+        """
+        self.last_storage_error = str(error)
+        log.error("storage write failed: %s; rejoining from the durable state", error)
+        self._records = []
+        self._own_txns.clear()
+        self._barriers.clear()
+        self.pipeline.abort_pending(error)
+        self.pipeline.mode = Mode.OFFLINE
+        if isinstance(error, StorageError):
+            # After an I/O error the log refuses writes until reopened.
+            await trio.to_thread.run_sync(self._log.close)
+            from coord.storage import TxnLog
+
+            self._log = await trio.to_thread.run_sync(
+                lambda: TxnLog.open(self.config.data_dir / "log", map_bytes=self.config.log_map_bytes)
+            )
+        self._durable = LogDurableState(self._log, self._durable.applied_zxid(), lambda: self.pipeline.tree)
+        # The rebuilt core delivers only what the tree does not have yet.
+        self.zab = Peer(self._peer_config, self._durable, random.Random(), delivered_zxid=self.pipeline.tree.last_zxid)
+        self._pump()
 
     async def _serve_snapshots(self) -> None:
         while True:
@@ -232,13 +400,23 @@ class Server:
         retained = await trio.to_thread.run_sync(self._snapshots.list)
         if retained:
             # Keep the log after the OLDEST retained snapshot, so recovery can fall
-            # back to it if a newer one turns out to be damaged.
-            await trio.to_thread.run_sync(self._log.purge_through, retained[0][0])
+            # back to it if a newer one turns out to be damaged. (A follower that
+            # needs older entries gets a SNAP.) The purge is a write too: it takes
+            # its turn with the record writer.
+            oldest = retained[0][0]
+            async with self._log_lock:
+                await trio.to_thread.run_sync(self._log.purge_through, min(oldest, self._log.last_zxid))
         self.snapshots_taken += 1
         log.info("snapshot at zxid %#x (%d bytes)", image.last_zxid, len(payload))
         return image.last_zxid
 
-    async def _serve_ticks(self) -> None:
+    async def _serve_zab_ticks(self) -> None:
+        while True:
+            await trio.sleep(self._zab_tick_s)
+            self.zab.tick()
+            self._pump()
+
+    async def _serve_session_ticks(self) -> None:
         interval = self.config.tick_ms / 1000
         while True:
             await trio.sleep(interval)
@@ -253,6 +431,8 @@ class Server:
         peer = _peer_name(stream)
         try:
             with conn.scope:
+                if self._isolated:
+                    return
                 await self._converse(conn, peer)
         finally:
             self._conns.pop(conn_id, None)
@@ -275,7 +455,7 @@ class Server:
             await stream.send_all(protocol.encode_frame(self.status()))
             return
         if len(self._conns) >= self.config.max_connections:
-            error = ThrottledOpError(f"too many connections ({self.config.max_connections})")
+            error: CoordError = ThrottledOpError(f"too many connections ({self.config.max_connections})")
             await stream.send_all(protocol.encode_frame(protocol.handshake_error(error.code, str(error))))
             return
         self._conns[conn.conn_id] = conn
@@ -318,6 +498,7 @@ class Server:
             if data:
                 reader.feed(data)
             now_ms = self._now_ms()
+            pipeline = self.pipeline
             try:
                 for body in reader:
                     try:
@@ -371,34 +552,62 @@ def _peer_name(stream: trio.SocketStream) -> str:
 
 
 @contextlib.asynccontextmanager
-async def open_server(config: ServerConfig) -> AsyncIterator[Server]:
-    """Recover the state under ``config.data_dir`` and serve clients until the block ends.
+async def open_server(
+    config: ServerConfig,
+    *,
+    client_listener: trio.SocketListener | None = None,
+    peer_listener: trio.SocketListener | None = None,
+) -> AsyncIterator[Server]:
+    """Recover the state under ``config.data_dir`` and serve until the block ends.
 
-    Yields the running :class:`Server`, already listening (``server.address``).
+    Yields the running :class:`Server`, already listening (``server.address``). A
+    standalone server is serving by then; a member of an ensemble serves once ZAB
+    has an established leader (``await server.wait_serving()``).
+
+    Args:
+        config: the server's configuration.
+        client_listener, peer_listener: pre-bound listeners to use instead of binding
+            the configured addresses (the embedded test ensemble binds port 0 for every
+            server first, then writes the real ports into each server's configuration).
 
     Raises:
         coord.recovery.RecoveryError: the data directory is damaged beyond what can
             be recovered without losing acknowledged writes.
     """
     recovered = await trio.to_thread.run_sync(
-        lambda: recover(config.data_dir, log_map_bytes=config.log_map_bytes, new_epoch=True)
+        lambda: recover(config.data_dir, log_map_bytes=config.log_map_bytes, replay=False)
     )
     server = Server(config, recovered)
     try:
-        listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
+        if client_listener is not None:
+            listeners = [client_listener]
+        else:
+            listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
         async with trio.open_nursery() as nursery:
             server.address = listeners[0].socket.getsockname()[:2]
-            nursery.start_soon(server._serve_log)
-            nursery.start_soon(server._serve_ticks)
+            nursery.start_soon(server._serve_records)
+            nursery.start_soon(server._serve_zab_ticks)
+            nursery.start_soon(server._serve_session_ticks)
             nursery.start_soon(server._serve_snapshots)
+            transport = server.transport
+            if transport is not None:
+                await nursery.start(
+                    lambda task_status: transport.serve(listener=peer_listener, task_status=task_status)
+                )
             nursery.start_soon(trio.serve_listeners, server._handle, listeners)
-            log.info("serving clients on %s", server.connect_string)
+            server.zab.tick()  # start the election at once
+            server._pump()
+            log.info("server %d: clients on %s", config.server_id, server.connect_string)
+            if server.is_standalone:
+                # A quorum of one: it elects itself as soon as its epoch is on disk.
+                with trio.fail_after(60):
+                    await server.wait_serving()
             try:
                 yield server
             finally:
                 nursery.cancel_scope.cancel()
     finally:
-        await trio.to_thread.run_sync(recovered.log.close)
+        await trio.to_thread.run_sync(server._log.close)
 
 
 async def serve(config: ServerConfig, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:

@@ -175,7 +175,13 @@ async def test_full_log_fails_writes_with_a_typed_error_keeps_reads_and_loses_no
                 acknowledged[path] = value
             assert full_error == errors.StorageFullError.code
             assert len(acknowledged) > 10
-            # Reads still work, from the same session and a new one.
+            # Reads still work on the same session, at once...
+            path, value = next(iter(acknowledged.items()))
+            reply = await connection.call(50_000, GetDataRequest(path=path))
+            assert reply[2] == 0 and reply[3][0] == value
+            # ... and from a new session once the server has rejoined from its durable
+            # state (a standalone server re-elects itself straight away).
+            await server.wait_serving()
             reader = await RawConnection.open(server.address)
             await reader.handshake()
             for xid, (path, value) in enumerate(list(acknowledged.items())[-5:], start=1):
