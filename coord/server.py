@@ -607,7 +607,10 @@ async def open_server(
             finally:
                 nursery.cancel_scope.cancel()
     finally:
-        await trio.to_thread.run_sync(server._log.close)
+        # Shielded: a cancelled (killed) server must still let go of its LMDB files,
+        # so that it can be started again in this process.
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(server._log.close)
 
 
 async def serve(config: ServerConfig, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:

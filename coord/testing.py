@@ -67,6 +67,13 @@ class Ensemble:
             raise RuntimeError(f"server {server_id} is not running")
         return server
 
+    def server_id_at(self, address: tuple[str, int]) -> int:
+        """The id of the server whose client port is ``address`` (e.g. ``zk.server_address``)."""
+        for server_id, member in self._members.items():
+            if (member.config.listen_host, member.config.listen_port) == tuple(address):
+                return server_id
+        raise KeyError(f"no server listens on {address}")
+
     def leader_id(self) -> int | None:
         """The id of a running server that leads an established epoch, if any."""
         for server_id, member in self._members.items():
