@@ -87,3 +87,67 @@ async def test_client_keeps_its_session_and_ephemerals_across_its_servers_death(
                     await client.Retry(max_tries=50, delay=0.05, max_delay=0.5)(other.set, "/eph", b"changed")
                 event = await watch.wait()
                 assert event.type is client.EventType.NODE_DATA_CHANGED
+
+
+async def test_follower_back_from_a_long_absence_catches_up_by_snapshot(tmp_path: Path) -> None:
+    # Frequent snapshots, one kept: the leader's log soon no longer reaches back to
+    # where the absent follower stopped, so it must send a snapshot (SNAP).
+    with trio.fail_after(120):
+        async with open_ensemble(3, data_dir=tmp_path, snapshot_every_txns=20, snapshots_retained=1) as ensemble:
+            leader = await ensemble.wait_for_leader()
+            absent = next(server_id for server_id in (1, 2, 3) if server_id != leader)
+            async with connect_to(ensemble, leader) as zk:
+                await zk.create("/early", b"e")
+            await wait_until(lambda: ensemble.server(absent).tree.get_node("/early") is not None)
+            stopped_at = ensemble.server(absent).tree.last_zxid
+            await ensemble.kill(absent)
+            async with connect_to(ensemble, leader) as zk:
+                for n in range(120):
+                    await zk.create(f"/while-away-{n:03d}", b"%d" % n)
+            leader_log = ensemble.server(leader).status()["log"]
+            assert leader_log["first_zxid"] > stopped_at + 1 or leader_log["base_zxid"] > stopped_at
+            await ensemble.restart(absent)
+            await ensemble.wait_for_leader()
+            returned = ensemble.server(absent)
+            await wait_until(lambda: returned.tree.get_node("/while-away-119") is not None)
+            assert any(zxid > stopped_at for zxid, _path in returned._snapshots.list())  # it got a snapshot
+            await wait_until(lambda: len({s.tree.digest() for s in ensemble.servers.values() if s}) == 1)
+
+
+async def test_uncommitted_proposal_of_a_cut_off_leader_is_truncated(tmp_path: Path) -> None:
+    with trio.fail_after(120):
+        async with open_ensemble(3, data_dir=tmp_path) as ensemble:
+            old = await ensemble.wait_for_leader()
+            async with connect_to(ensemble, old) as zk:
+                await zk.create("/committed", b"c")
+                # Cut the leader off from its followers only: its client can still ask
+                # it to write, it logs the proposal, but no quorum will ever ack it.
+                ensemble.server(old).transport.isolate()
+                async with trio.open_nursery() as nursery:
+
+                    async def doomed_write() -> None:
+                        try:
+                            await zk.create("/never", b"n")
+                        except (client.ConnectionLossError, client.NotLeaderError, client.SessionExpiredError):
+                            pass
+
+                    nursery.start_soon(doomed_write)
+                    await wait_until(
+                        lambda: ensemble.server(old).zab.last_durable_zxid > ensemble.server(old).tree.last_zxid
+                    )
+                    uncommitted = ensemble.server(old).zab.last_durable_zxid
+                    await ensemble.kill(old)
+                    nursery.cancel_scope.cancel()
+            new = await ensemble.wait_for_leader()
+            assert new != old
+            async with connect_to(ensemble, new) as zk:
+                await zk.create("/new-epoch", b"x")
+            await ensemble.restart(old)
+            await ensemble.wait_for_leader()
+            returned = ensemble.server(old)
+            await wait_until(lambda: returned.tree.get_node("/new-epoch") is not None)
+            # The dead leader's proposal was truncated from its log, never applied anywhere.
+            assert returned._log.get(uncommitted) is None
+            for server in ensemble.servers.values():
+                assert server is not None and server.tree.get_node("/never") is None
+            await wait_until(lambda: len({s.tree.digest() for s in ensemble.servers.values() if s}) == 1)
