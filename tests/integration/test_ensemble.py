@@ -5,6 +5,7 @@ Real servers on loopback, real LMDB in temp dirs, real ZAB over real sockets.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import trio
@@ -126,10 +127,10 @@ async def test_uncommitted_proposal_of_a_cut_off_leader_is_truncated(tmp_path: P
                 async with trio.open_nursery() as nursery:
 
                     async def doomed_write() -> None:
-                        try:
+                        with contextlib.suppress(
+                            client.ConnectionLossError, client.NotLeaderError, client.SessionExpiredError
+                        ):
                             await zk.create("/never", b"n")
-                        except (client.ConnectionLossError, client.NotLeaderError, client.SessionExpiredError):
-                            pass
 
                     nursery.start_soon(doomed_write)
                     await wait_until(
