@@ -1,6 +1,6 @@
 # coord — developer entry points. CI (.ci/run) runs `make lint` then `make test`.
 #
-#   make run     start a standalone server with its data in ./coord-data
+#   make run     start a local 3-server ensemble on loopback with its data in ./coord-data
 #   make test    run the test suite
 #   make lint    ruff check + ruff format --check
 #   make bench   side-by-side benchmark against ZooKeeper (bench/README.md); BENCH_ARGS="--ops 2000" to tune
@@ -31,7 +31,7 @@ $(VENV)/.installed-bench: $(VENV)/.installed
 	touch $@
 
 run: $(VENV)/.installed
-	$(VENV)/bin/coord serve --data-dir ./coord-data
+	$(VENV)/bin/coord ensemble --size 3 --data-dir ./coord-data
 
 test: $(VENV)/.installed
 	.venv/bin/python -m pytest -q

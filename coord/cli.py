@@ -3,6 +3,7 @@
 ::
 
     coord serve [--config FILE.toml] [--data-dir DIR] [--listen HOST:PORT]
+    coord ensemble [--size 3] [--data-dir DIR] [--base-port P]
     coord status [--server HOST:PORT,...]
     coord get PATH | stat PATH | ls PATH | create PATH [DATA] | set PATH DATA | rm PATH | watch PATH
 
@@ -47,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="data directory (overrides server.data_dir)")
     serve.add_argument("--listen", help="HOST:PORT for clients (overrides server.listen)")
 
+    ensemble = commands.add_parser("ensemble", help="run a local ensemble on loopback (development)")
+    ensemble.add_argument("--size", type=int, default=3, help="number of servers (default %(default)s)")
+    ensemble.add_argument("--data-dir", type=Path, default=Path("coord-data"), help="data directory (kept across runs)")
+    ensemble.add_argument(
+        "--base-port", type=int, default=2281, help="client ports from here, peer ports from here + 1000"
+    )
+
     def client_command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--server", default=None, help="host:port,... (default: $COORD_SERVERS or %(default)s)")
@@ -88,13 +96,16 @@ def _servers(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    quiet = args.command not in ("serve", "ensemble")  # client commands print only their answers
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "ensemble":
+            return _ensemble(args)
         if args.command == "status":
             return trio.run(_status, args)
         return trio.run(_client_command, args)
@@ -137,6 +148,59 @@ async def _run_server(config: Any) -> None:
             async for signum in signals:
                 logging.getLogger("coord").info("received %s; shutting down", signal.Signals(signum).name)
                 break
+
+
+# --- ensemble ---------------------------------------------------------------------------
+
+
+def _ensemble(args: argparse.Namespace) -> int:
+    if not 1 <= args.size <= 9:
+        print("coord: --size must be between 1 and 9", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        trio.run(_run_ensemble, args)
+    except OSError as error:
+        print(f"coord: cannot start the ensemble: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _run_ensemble(args: argparse.Namespace) -> None:
+    from coord.testing import open_ensemble
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with (
+            open_ensemble(
+                args.size,
+                data_dir=args.data_dir.resolve(),
+                base_port=args.base_port,
+                tick_ms=100,
+                init_limit_ticks=20,
+                sync_limit_ticks=5,
+                session_tick_ms=1000,
+            ) as ensemble,
+            trio.open_nursery() as nursery,
+        ):
+            print(f"coord: {args.size}-server ensemble, data in {args.data_dir}", flush=True)
+            print(f"coord: connection string {ensemble.connect_string}", flush=True)
+            nursery.start_soon(_print_roles, ensemble)
+            async for signum in signals:
+                logging.getLogger("coord").info("received %s; shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+async def _print_roles(ensemble: Any) -> None:
+    """Print each server's role whenever it changes."""
+    shown: dict[int, str] = {}
+    while True:
+        for server_id, server in ensemble.servers.items():
+            role = server.role if server is not None else "down"
+            if shown.get(server_id) != role:
+                shown[server_id] = role
+                address = server.connect_string if server is not None else "-"
+                print(f"coord: server {server_id} ({address}) is {role}", flush=True)
+        await trio.sleep(0.1)
 
 
 # --- status -----------------------------------------------------------------------------

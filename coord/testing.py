@@ -161,8 +161,8 @@ class Ensemble:
         await leader.expire_session(session_id)
 
 
-async def _bind(host: str) -> trio.SocketListener:
-    return (await trio.open_tcp_listeners(0, host=host))[0]
+async def _bind(host: str, port: int = 0) -> trio.SocketListener:
+    return (await trio.open_tcp_listeners(port, host=host))[0]
 
 
 @contextlib.asynccontextmanager
@@ -174,6 +174,7 @@ async def open_ensemble(
     init_limit_ticks: int = 40,
     sync_limit_ticks: int = 6,
     session_tick_ms: int = 100,
+    base_port: int | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Ensemble]:
     """Start ``size`` real servers in this process and yield the :class:`Ensemble`.
@@ -184,14 +185,17 @@ async def open_ensemble(
             removed when the block ends).
         tick_ms, init_limit_ticks, sync_limit_ticks: ZAB timing (fast, for tests).
         session_tick_ms: the session tick; sessions may time out from 2 ticks up.
+        base_port: fixed ports instead of ephemeral ones: clients on ``base_port``,
+            ``base_port + 1``, ...; peers on ``base_port + 1000``, ... (``coord ensemble``).
         overrides: further :class:`~coord.config.ServerConfig` fields for every server.
     """
     temporary = data_dir is None
     base = Path(tempfile.mkdtemp(prefix="coord-ensemble-")) if data_dir is None else data_dir
     host = "127.0.0.1"
     try:
-        client_listeners = {server_id: await _bind(host) for server_id in range(1, size + 1)}
-        peer_listeners = {server_id: await _bind(host) for server_id in range(1, size + 1)}
+        ids = range(1, size + 1)
+        client_listeners = {i: await _bind(host, base_port + i - 1 if base_port else 0) for i in ids}
+        peer_listeners = {i: await _bind(host, base_port + 999 + i if base_port else 0) for i in ids}
         addresses: dict[int, EnsembleMember] = {
             server_id: EnsembleMember(
                 peer=_address(peer_listeners[server_id]), client=_address(client_listeners[server_id])
@@ -205,6 +209,7 @@ async def open_ensemble(
         for server_id, member in addresses.items():
             config = ServerConfig(
                 data_dir=base / f"server-{server_id}",
+                log_map_bytes=256 << 20,
                 listen_host=member.client[0],
                 listen_port=member.client[1],
                 server_id=server_id,

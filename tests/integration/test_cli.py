@@ -129,3 +129,37 @@ async def test_client_commands_report_an_unreachable_server(tmp_path: Path) -> N
     listener.close()
     result = await run_cli("status", "--server", f"127.0.0.1:{port}", "--timeout", "2")
     assert result.returncode == 3
+
+
+async def test_coord_ensemble_runs_three_servers_and_stops_cleanly(tmp_path: Path) -> None:
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    base_port = listener.getsockname()[1]  # a free port; the next ones are very likely free too
+    listener.close()
+    async with trio.open_nursery() as nursery:
+        process: trio.Process = await nursery.start(
+            lambda task_status: trio.run_process(
+                [*COORD, "ensemble", "--data-dir", str(tmp_path / "data"), "--base-port", str(base_port)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                check=False,
+                task_status=task_status,
+            )
+        )
+        assert process.stdout is not None
+        output = b""
+        with trio.fail_after(30):
+            while output.count(b" is leader") + output.count(b" is follower") < 3:
+                chunk = await process.stdout.receive_some(4096)
+                assert chunk, output
+                output += chunk
+        connect_string = output.decode().split("connection string ")[1].split()[0]
+        assert len(connect_string.split(",")) == 3
+        assert (await run_cli("create", "--server", connect_string, "/e", "v")).returncode == 0
+        last = connect_string.split(",")[-1]
+        with trio.fail_after(20):  # the last server may apply the write a moment later
+            while (await run_cli("get", "--server", last, "/e")).stdout.strip() != b"v":
+                pass
+        process.send_signal(signal.SIGINT)
+        with trio.fail_after(20):
+            assert await process.wait() == 0
