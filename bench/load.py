@@ -260,12 +260,27 @@ def _kazoo_window(submit: Callable[[int], IAsyncResult], count: int, concurrency
     return recorder
 
 
-def run_kazoo_phases(connect_string: str, workload: Workload) -> list[PhaseResult]:
+def kazoo_server_address(zk: KazooClient) -> str | None:
+    """``host:port`` of the server a connected kazoo client talks to (None if unknown).
+
+    kazoo has no public accessor for it; this reads its connection's socket, and gives up quietly
+    should that private attribute change.
+    """
+    with contextlib.suppress(Exception):
+        host, port = zk._connection._socket.getpeername()[:2]
+        return f"{host}:{port}"
+    return None
+
+
+def run_kazoo_phases(
+    connect_string: str, workload: Workload, *, on_connect: Callable[[str | None], None] | None = None
+) -> list[PhaseResult]:
     """Run every phase against ZooKeeper with kazoo and return the measured results.
 
     Args:
-        connect_string: ``host:port`` of the server.
+        connect_string: ``host:port[,host:port...]`` of the server(s).
         workload: Sizes and bounds.
+        on_connect: Called once connected with the ``host:port`` of the server kazoo picked.
 
     Returns:
         One result per entry of :data:`PHASES`, in order.
@@ -276,6 +291,8 @@ def run_kazoo_phases(connect_string: str, workload: Workload) -> list[PhaseResul
     zk.start(timeout=30)
     results: list[PhaseResult] = []
     try:
+        if on_connect is not None:
+            on_connect(kazoo_server_address(zk))
         created: list[str] = []
         to_check: list[tuple[Phase, list[str]]] = []
         for phase, count in _phase_plan(workload):
@@ -365,12 +382,15 @@ async def _ensure_coord_path(zk: Any, path: str) -> None:
             await zk.create("/" + "/".join(parts[:depth]), b"")
 
 
-async def run_coord_phases(connect_string: str, workload: Workload) -> list[PhaseResult]:
+async def run_coord_phases(
+    connect_string: str, workload: Workload, *, on_connect: Callable[[str | None], None] | None = None
+) -> list[PhaseResult]:
     """Run every phase against coord with the trio client and return the measured results.
 
     Args:
-        connect_string: ``host:port`` of the server.
+        connect_string: ``host:port[,host:port...]`` of the server(s).
         workload: Sizes and bounds.
+        on_connect: Called once connected with the ``host:port`` of the server the client picked.
 
     Returns:
         One result per entry of :data:`PHASES`, in order.
@@ -387,6 +407,9 @@ async def run_coord_phases(connect_string: str, workload: Workload) -> list[Phas
     budget = 60.0 + len(plan) * (workload.seconds_per_phase + workload.drain_seconds)
     with trio.fail_after(budget):
         async with client.connect(connect_string, session_timeout=workload.session_timeout) as zk:
+            if on_connect is not None:
+                address = zk.server_address
+                on_connect(f"{address[0]}:{address[1]}" if address else None)
             await _run_coord_plan(zk, plan, workload, results)
     return results
 

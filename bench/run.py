@@ -6,6 +6,7 @@ Usage (from the repository root)::
     .venv/bin/python -m bench.run       # or: .venv/bin/python bench/run.py
     .venv/bin/python -m bench.run --ops 2000 --seconds 10 --systems coord
     .venv/bin/python -m bench.run --rounds 3     # fresh servers each round; the table shows medians
+    .venv/bin/python -m bench.run --ensemble     # 3-server ensembles instead (same as --servers 3)
 
 It starts a throwaway standalone ZooKeeper (skipped, with a message, if it is not installed:
 ``apt-get install zookeeper``) and runs the phases of :mod:`bench.load` against it with kazoo;
@@ -14,6 +15,13 @@ our trio client. Both servers listen on 127.0.0.1 only, keep their data in temp 
 deleted afterwards, and fsync before acknowledging a write. It prints one table
 (phase | ZooKeeper (kazoo) | coord | ratio coord/ZK) and writes the full results as JSON to
 ``bench/results/`` (git-ignored).
+
+With ``--ensemble`` (or ``--servers N``, N > 1) both sides are replicated ensembles instead:
+N ZooKeeper JVMs (:func:`bench.zk_server.run_zookeeper_ensemble`) and N ``coord serve``
+processes (:func:`bench.coord_server.run_coord_ensemble`), started fresh for each round and
+each system, with the client given every server's address (it picks one at random, as a user's
+client would: the report says whether that was the leader or a follower, since writes through a
+follower take one more hop). The phases, the table and the checks are the same.
 
 Exit status: 0 if every system that is installed was measured without errors (including the
 check afterwards that the acknowledged creates are all there), 1 otherwise, 130 on Ctrl-C or
@@ -25,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import enum
+import functools
 import importlib.metadata
 import json
 import os
@@ -34,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -45,9 +55,15 @@ import trio
 
 from bench import load
 from bench._process import log_tail
-from bench.coord_server import CoordNotAvailableError, CoordStartError, run_coord
+from bench.coord_server import CoordNotAvailableError, CoordStartError, run_coord, run_coord_ensemble
 from bench.load import PhaseResult
-from bench.zk_server import ZooKeeperNotInstalledError, ZooKeeperStartError, four_letter_word, run_zookeeper
+from bench.zk_server import (
+    ZooKeeperNotInstalledError,
+    ZooKeeperStartError,
+    four_letter_word,
+    run_zookeeper,
+    run_zookeeper_ensemble,
+)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -70,8 +86,21 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rounds", type=int, default=1, help="repeat everything; the table shows the median (noisy machines)"
     )
+    parser.add_argument(
+        "--servers",
+        type=int,
+        default=1,
+        help="servers per system: 1 = standalone (default), N > 1 = N-server ensembles",
+    )
+    parser.add_argument("--ensemble", action="store_true", help="3-server ensembles (short for --servers 3)")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR, help="directory for the JSON report")
     args = parser.parse_args(argv)
+    if args.ensemble:
+        if args.servers not in (1, 3):
+            parser.error("--ensemble means --servers 3; give one or the other")
+        args.servers = 3
+    if not 1 <= args.servers <= 9:
+        parser.error("--servers must be between 1 and 9")
     args.systems = [name.strip() for name in args.systems.split(",") if name.strip()]
     unknown = set(args.systems) - {ZOOKEEPER, COORD}
     if unknown:
@@ -175,6 +204,125 @@ def _measure_coord(workload: load.Workload, report: dict[str, Any]) -> tuple[_Ou
     return _Outcome.MEASURED, results
 
 
+def _role_of(address: str | None, addresses: dict[int, str], roles: dict[int, str]) -> dict[str, Any]:
+    """Which ensemble member ``address`` is, and its role then (for the report)."""
+    server_id = next((sid for sid, member in addresses.items() if member == address), None)
+    return {"address": address, "server_id": server_id, "role": roles.get(server_id) if server_id else None}
+
+
+def _note_ensemble_round(report: dict[str, Any], system: str, info: dict[str, Any]) -> None:
+    """Keep one round's ensemble facts (leader, where the client went) and show them."""
+    report.setdefault("ensemble_rounds", {}).setdefault(system, []).append(info)
+    client = info.get("client") or {}
+    print(
+        f"  {system}: leader {info.get('leader')}, client on server {client.get('server_id')} "
+        f"({client.get('role')}) {client.get('address')}",
+        file=sys.stderr,
+    )
+
+
+def _measure_zookeeper_ensemble(
+    workload: load.Workload, report: dict[str, Any], size: int
+) -> tuple[_Outcome, list[PhaseResult]]:
+    """Start a ``size``-server ZooKeeper ensemble, run the phases with kazoo (given every server), stop it."""
+    try:
+        import kazoo  # noqa: F401  (only checking that it is installed)
+    except ImportError:
+        report["notes"][ZOOKEEPER] = "skipped: kazoo is not installed (pip install -e '.[bench]')"
+        return _Outcome.SKIPPED, []
+    try:
+        with run_zookeeper_ensemble(size) as ensemble:
+            print(
+                f"ZooKeeper {ensemble.version} {size}-server ensemble at {ensemble.connect_string} "
+                "(kazoo, threading handler)",
+                file=sys.stderr,
+            )
+            roles = ensemble.roles()
+            addresses = {sid: ensemble.client_address(sid) for sid in ensemble.server_ids}
+            connected: list[str | None] = []
+            report["servers"][ZOOKEEPER] = {
+                "version": ensemble.version,
+                "java": _command_output(["java", "-version"]),
+                "client": f"kazoo {importlib.metadata.version('kazoo')}",
+                "ensemble_size": size,
+            }
+            try:
+                results = load.run_kazoo_phases(ensemble.connect_string, workload, on_connect=connected.append)
+            except Exception:
+                print(f"ZooKeeper logs:\n{ensemble.log_tails()}", file=sys.stderr)
+                raise
+            report["servers"][ZOOKEEPER]["mntr"] = {
+                sid: _zookeeper_stats(ensemble.host, member.client_port) for sid, member in ensemble.members.items()
+            }
+            _note_ensemble_round(
+                report,
+                ZOOKEEPER,
+                {
+                    "leader": next((sid for sid, role in roles.items() if role == "leader"), None),
+                    "roles": roles,
+                    "client": _role_of(connected[0] if connected else None, addresses, roles),
+                    "roles_after": ensemble.roles(),
+                },
+            )
+    except ZooKeeperNotInstalledError as error:
+        report["notes"][ZOOKEEPER] = f"skipped: {error}"
+        return _Outcome.SKIPPED, []
+    except ZooKeeperStartError as error:
+        report["notes"][ZOOKEEPER] = f"failed: {error}"
+        return _Outcome.FAILED, []
+    except Exception as error:
+        traceback.print_exc()
+        report["notes"][ZOOKEEPER] = f"failed: {_describe(error)}"
+        return _Outcome.FAILED, []
+    return _Outcome.MEASURED, results
+
+
+def _measure_coord_ensemble(
+    workload: load.Workload, report: dict[str, Any], size: int
+) -> tuple[_Outcome, list[PhaseResult]]:
+    """Start a ``size``-server coord ensemble, run the phases with the trio client (given every server), stop it."""
+    try:
+        with run_coord_ensemble(size) as ensemble:
+            print(f"coord {size}-server ensemble at {ensemble.connect_string} (trio client)", file=sys.stderr)
+            roles = ensemble.roles()
+            addresses = {sid: ensemble.client_address(sid) for sid in ensemble.server_ids}
+            connected: list[str | None] = []
+            report["servers"][COORD] = {
+                "git": _command_output(["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT),
+                "ensemble_size": size,
+            }
+            try:
+                results = trio.run(
+                    functools.partial(_run_coord_phases, on_connect=connected.append),
+                    ensemble.connect_string,
+                    workload,
+                )
+            except Exception:
+                print(f"coord server logs:\n{ensemble.log_tails()}", file=sys.stderr)
+                raise
+            _note_ensemble_round(
+                report,
+                COORD,
+                {
+                    "leader": next((sid for sid, role in roles.items() if role == "leader"), None),
+                    "roles": roles,
+                    "client": _role_of(connected[0] if connected else None, addresses, roles),
+                    "roles_after": ensemble.roles(),
+                },
+            )
+    except CoordNotAvailableError as error:
+        report["notes"][COORD] = f"skipped: {error}"
+        return _Outcome.SKIPPED, []
+    except CoordStartError as error:
+        report["notes"][COORD] = f"failed: {error}"
+        return _Outcome.FAILED, []
+    except Exception as error:
+        traceback.print_exc()
+        report["notes"][COORD] = f"failed: {_describe(error)}"
+        return _Outcome.FAILED, []
+    return _Outcome.MEASURED, results
+
+
 def median_results(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Per phase, the median of each metric over the rounds (errors: the total).
 
@@ -225,7 +373,14 @@ def format_table(report: dict[str, Any]) -> str:
 
     separator = "-+-".join("-" * width for width in widths)
     legend = "ratio = coord / ZooKeeper: higher is better for ops/s, lower is better for p50/p99 latency."
-    return "\n".join([line(header), separator, *(line(row) for row in rows), "", legend])
+    title: list[str] = []
+    size = report.get("servers_per_system", 1)
+    if size > 1:
+        title = [f"{size}-server ensembles, the client given every server's address", ""]
+        for system, rounds in report.get("ensemble_rounds", {}).items():
+            where = ", ".join(str((info.get("client") or {}).get("role")) for info in rounds)
+            legend += f"\n{system}: client on a {where} (per round)"
+    return "\n".join([*title, line(header), separator, *(line(row) for row in rows), "", legend])
 
 
 def _terminate_like_ctrl_c(signum: int, frame: object) -> None:
@@ -237,7 +392,9 @@ def _terminate_like_ctrl_c(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-async def _run_coord_phases(connect_string: str, workload: load.Workload) -> list[PhaseResult]:
+async def _run_coord_phases(
+    connect_string: str, workload: load.Workload, *, on_connect: Callable[[str | None], None] | None = None
+) -> list[PhaseResult]:
     """:func:`bench.load.run_coord_phases`, ended cleanly by SIGTERM or Ctrl-C (raises KeyboardInterrupt)."""
     terminated = False
     results: list[PhaseResult] = []
@@ -252,7 +409,7 @@ async def _run_coord_phases(connect_string: str, workload: load.Workload) -> lis
                         nursery.cancel_scope.cancel()
 
                 nursery.start_soon(cancel_on_sigterm)
-                results = await load.run_coord_phases(connect_string, workload)
+                results = await load.run_coord_phases(connect_string, workload, on_connect=on_connect)
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # Ctrl-C lands in whichever task is running and reaches us wrapped in a group.
@@ -280,13 +437,21 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
         },
         "workload": asdict(workload),
+        "servers_per_system": args.servers,
         "phases": {phase.name: phase.description for phase in load.PHASES},
         "servers": {},
         "rounds": [],  # every round's rows, per system
         "results": {},  # per system: the median over the rounds (what the table shows)
         "notes": {},
     }
-    measure = {ZOOKEEPER: _measure_zookeeper, COORD: _measure_coord}
+    measure: dict[str, Callable[[load.Workload, dict[str, Any]], tuple[_Outcome, list[PhaseResult]]]]
+    if args.servers == 1:
+        measure = {ZOOKEEPER: _measure_zookeeper, COORD: _measure_coord}
+    else:
+        measure = {
+            ZOOKEEPER: functools.partial(_measure_zookeeper_ensemble, size=args.servers),
+            COORD: functools.partial(_measure_coord_ensemble, size=args.servers),
+        }
     systems = list(args.systems)
     failed: set[str] = set()
     try:
@@ -318,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     for system, note in report["notes"].items():
         print(f"note: {system}: {note}")
     args.output.mkdir(parents=True, exist_ok=True)
-    path = args.output / f"bench-{started:%Y%m%d-%H%M%S}.json"
+    kind = "" if args.servers == 1 else f"ensemble{args.servers}-"
+    path = args.output / f"bench-{kind}{started:%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"results written to {path}")
     return 1 if failed else 0

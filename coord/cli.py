@@ -27,7 +27,7 @@ from typing import Any
 
 import trio
 
-from coord import protocol
+from coord import lockcli, protocol
 from coord.config import ConfigError, load_config
 from coord.errors import CoordError
 
@@ -87,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     set_.add_argument("path")
     set_.add_argument("data")
     set_.add_argument("--version", type=int, default=-1)
+    lockcli.add_subcommands(commands)
     return parser
 
 
@@ -108,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _ensemble(args)
         if args.command == "status":
             return trio.run(_status, args)
+        if args.command in lockcli.COMMANDS:
+            return lockcli.run(args)
         return trio.run(_client_command, args)
     except ConfigError as error:
         print(f"coord: configuration error: {error}", file=sys.stderr)

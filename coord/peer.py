@@ -180,6 +180,7 @@ class PeerTransport:
         peers: Mapping[int, Address],
         ensemble_id: bytes,
         on_message: MessageHandler | None = None,
+        on_link_down: Callable[[int], None] | None = None,
         frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
         queue_frames_max: int = QUEUE_FRAMES_MAX_DEFAULT,
         queue_bytes_max: int = QUEUE_BYTES_MAX_DEFAULT,
@@ -213,6 +214,9 @@ class PeerTransport:
         self._is_serving = False
         self._received_in, self.received = trio.open_memory_channel[tuple[int, bytes]](queue_frames_max)
         self._deliver: MessageHandler = on_message if on_message is not None else self._deliver_to_channel
+        # Called when the current link FROM a server closes (not when a newer one
+        # replaces it): a hint that the server may be gone, faster than any timeout.
+        self._on_link_down = on_link_down
 
     # --- the caller's side ---------------------------------------------------------------
 
@@ -480,6 +484,8 @@ class PeerTransport:
             if source is not None and self._incoming.get(source) is scope:
                 del self._incoming[source]
                 log.info("link from server %d down", source)
+                if self._on_link_down is not None and not self._is_isolated:
+                    self._on_link_down(source)
             await trio.aclose_forcefully(stream)
 
     def _check_hello(self, hello: Any, name: str) -> int:

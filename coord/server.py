@@ -131,6 +131,7 @@ class Server:
                 peers=ensemble.peers,
                 ensemble_id=ensemble.ensemble_id,
                 on_message=self._on_peer_message,
+                on_link_down=self._on_peer_link_down,
             )
         self._conns: dict[int, _ClientConnection] = {}
         self._ids = itertools.count(1)
@@ -239,6 +240,10 @@ class Server:
             log.warning("dropping a malformed message from server %d: %s", source, error)
             return
         self.zab.step(Envelope(source=source, target=self.config.server_id, message=message))
+        self._pump()
+
+    def _on_peer_link_down(self, source: int) -> None:
+        self.zab.link_down(source)
         self._pump()
 
     def _pump(self) -> None:
