@@ -141,7 +141,8 @@ class Server:
         self._snapshot_wakeup = trio.Event()
         self._since_snapshot = 0
         self._own_txns: dict[int, Txn] = {}  # proposals of this leader, by zxid, until delivered
-        self._barriers: dict[int, tuple[int, int, int]] = {}
+        self._barriers: dict[int, tuple[tuple[int, int, int], int]] = {}  # id -> (sync, commit zxid then)
+        self._confirmed_syncs: list[tuple[tuple[int, int, int], int]] = []
         self._frame_bytes_max = protocol.frame_bytes_max(config.data_bytes_max)
         self.address: tuple[str, int] = ("", 0)
         self.snapshots_taken = 0
@@ -276,7 +277,9 @@ class Server:
                 zab.send_app(target, payload)
             for barrier in out.barriers:
                 busy = True
-                self._barriers[zab.barrier()] = barrier
+                # Remember what was committed when the sync arrived: the answer must
+                # reflect at least that (every write acknowledged before it).
+                self._barriers[zab.barrier()] = (barrier, zab.last_committed_zxid)
 
             zout = zab.take_output()
             if zout.send and self.transport is not None:
@@ -308,9 +311,11 @@ class Server:
                     pipeline.from_leader(payload)
             for barrier_id in zout.barriers:
                 busy = True
-                barrier = self._barriers.pop(barrier_id, None)
-                if barrier is not None:
-                    pipeline.barrier_done(*barrier)
+                pending = self._barriers.pop(barrier_id, None)
+                if pending is not None:
+                    self._confirmed_syncs.append(pending)
+            if self._confirmed_syncs:
+                busy = self._release_syncs() or busy
             if zout.ready is not None or zout.roles:
                 busy = True
                 self._role_changed(zout.ready)
@@ -318,12 +323,36 @@ class Server:
                 return
         raise AssertionError("the pipeline and ZAB did not quiesce")  # pragma: no cover
 
+    def _release_syncs(self) -> bool:
+        """Answer the syncs whose quorum round is done, once this server applied what
+        was committed when each arrived.
+
+        A follower's sync is answered through ZAB, which holds the answer on the
+        follower until it delivered that far. A sync of the leader's own client must
+        wait here: the leader can count a write committed (a quorum of followers
+        acknowledged it, and a follower may already have answered its client) before
+        its own disk write is done and the write applied to its tree.
+        """
+        applied = self.pipeline.tree.last_zxid
+        released = False
+        waiting: list[tuple[tuple[int, int, int], int]] = []
+        for barrier, commit_zxid in self._confirmed_syncs:
+            origin = barrier[0]
+            if origin == self.config.server_id and applied < commit_zxid:
+                waiting.append((barrier, commit_zxid))
+            else:
+                self.pipeline.barrier_done(*barrier)
+                released = True
+        self._confirmed_syncs = waiting
+        return released
+
     def _role_changed(self, ready: bool | None) -> None:
         zab = self.zab
         now_ms = self._now_ms()
         if ready is False or (not zab.is_ready and self.pipeline.mode is not Mode.OFFLINE):
             self._own_txns.clear()
             self._barriers.clear()
+            self._confirmed_syncs.clear()
             self.pipeline.go_offline(ConnectionLossError("this server lost its leader; reconnect"))
             self.role_changes.append("looking")
             log.info("server %d: not serving (looking for a leader)", self.config.server_id)
@@ -370,6 +399,7 @@ class Server:
         self._records = []
         self._own_txns.clear()
         self._barriers.clear()
+        self._confirmed_syncs.clear()
         self.pipeline.abort_pending(error)
         self.pipeline.mode = Mode.OFFLINE
         if isinstance(error, StorageError):
