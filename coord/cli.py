@@ -142,13 +142,28 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+FAULT_HOOKS_ENV = "COORD_FAULT_HOOKS"
+"""Set to 1 (tests only) to let SIGUSR1 isolate the server from its peers and clients
+and SIGUSR2 heal it: how :mod:`coord.testing` cuts off a server process."""
+
+
 async def _run_server(config: Any) -> None:
     from coord.server import open_server
 
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    fault_hooks = os.environ.get(FAULT_HOOKS_ENV) == "1"
+    handled = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGUSR1, signal.SIGUSR2] if fault_hooks else [])
+    with trio.open_signal_receiver(*handled) as signals:
         async with open_server(config) as server:
             print(f"coord: serving on {server.connect_string} (data in {config.data_dir})", flush=True)
             async for signum in signals:
+                if signum == signal.SIGUSR1:
+                    logging.getLogger("coord").warning("fault hook: isolating this server")
+                    server.isolate()
+                    continue
+                if signum == signal.SIGUSR2:
+                    logging.getLogger("coord").warning("fault hook: healing this server")
+                    server.heal()
+                    continue
                 logging.getLogger("coord").info("received %s; shutting down", signal.Signals(signum).name)
                 break
 

@@ -34,10 +34,10 @@ Two ways to run the servers
     :meth:`Ensemble.wait_for_leader` always asks afresh. Each server's output goes to
     ``server-N.log`` beside its data directory (:meth:`ServerProcess.log_tail`).
 
-    ``isolate``/``heal`` are in-process only: a server started from a TOML file has no
-    fault hook (``fault_hooks`` cannot be set from a file) and there is no admin command
-    for it, so a process cannot be cut off without root (iptables) or SIGSTOP, which is a
-    different fault (``pause``). ``expire_session`` works in both modes when given the
+    ``isolate``/``heal`` of a process send it SIGUSR1/SIGUSR2, which a server started
+    with ``COORD_FAULT_HOOKS=1`` in its environment (as these are) turns into the same
+    fault hook: its peer links close and its clients are dropped until healed.
+    ``expire_session`` works in both modes when given the
     client (or its ``client_id``): a process ensemble closes the session from a second
     connection that presents its credentials (what Curator's ``KillSession`` does), which
     removes its ephemerals and makes the client's next reconnect see the expiry.
@@ -185,6 +185,7 @@ class ServerProcess:
         self.peer_address = peer
         self.process: trio.Process | None = None
         self.is_paused = False
+        self.is_isolated = False
         self.exit_codes: list[int] = []
         self.last_status: dict[str, Any] | None = None
         self.exited = trio.Event()
@@ -527,17 +528,23 @@ class Ensemble:
         steps down when it cannot hear a quorum, as in a real partition).
         """
         if self.processes:
-            raise RuntimeError(
-                "isolate() needs an in-process ensemble: a server process has no fault hook "
-                "(use pause() for a frozen node, or open_ensemble(processes=False))"
-            )
+            # The server process was started with COORD_FAULT_HOOKS=1: SIGUSR1 isolates it.
+            member = self.process(server_id)
+            if member.process is None:
+                raise RuntimeError(f"server {server_id} is not running")
+            member.process.send_signal(signal.SIGUSR1)
+            member.is_isolated = True
+            return
         self.server(server_id).isolate()
 
     def heal(self) -> None:
-        """Undo every :meth:`isolate` (in-process; a no-op for processes, which cannot be isolated)."""
+        """Undo every :meth:`isolate`."""
         for member in self._members.values():
             if isinstance(member, _Member) and member.server is not None:
                 member.server.heal()
+            elif isinstance(member, ServerProcess) and member.process is not None and member.is_isolated:
+                member.process.send_signal(signal.SIGUSR2)
+                member.is_isolated = False
 
     async def expire_session(self, session: SessionTarget) -> None:
         """End a session now, as if it had timed out: its ephemerals go, its client sees
@@ -976,6 +983,7 @@ def _child_environment() -> dict[str, str]:
     root = str(Path(coord.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env["COORD_FAULT_HOOKS"] = "1"  # SIGUSR1 / SIGUSR2 isolate / heal (see coord.cli)
     return env
 
 

@@ -12,6 +12,7 @@ import trio
 
 import client
 from coord.config import load_config
+from coord.protocol import ProtocolError
 from coord.testing import ServerProcess, _pick_free_ports, _toml, open_ensemble
 
 
@@ -149,3 +150,23 @@ async def test_process_ensemble_refuses_options_a_file_cannot_set() -> None:
     with pytest.raises(TypeError, match="frame_hooks"):
         async with open_ensemble(1, processes=True, frame_hooks=True):
             pass  # pragma: no cover
+
+
+async def test_isolating_a_server_process_elects_a_leader_among_the_rest_and_heal_rejoins(tmp_path: Path) -> None:
+    with trio.fail_after(120):
+        async with open_ensemble(3, processes=True, data_dir=tmp_path) as ensemble:
+            old = await ensemble.wait_for_leader()
+            ensemble.isolate(old)
+            with trio.fail_after(60):
+                while True:  # polling the survivors' roles, bounded by fail_after
+                    roles = {i: (await ensemble.status(i)).get("role") for i in ensemble.server_ids if i != old}
+                    if sorted(roles.values()) == ["follower", "leader"]:
+                        break
+                    await trio.sleep(0.05)
+            ensemble.heal()
+            with trio.fail_after(60):
+                while True:  # the healed server answers again, and rejoins as a follower
+                    with contextlib.suppress(OSError, ProtocolError, trio.BrokenResourceError):
+                        if (await ensemble.status(old)).get("role") == "follower":
+                            break
+                    await trio.sleep(0.05)
