@@ -48,9 +48,18 @@ What is checked (each failure is a :class:`Violation`)
        the replayed final state; in particular the last acknowledged create or set
        of every node is there unless the log holds a later change to it.
 
+    8. *Watches* (``watch``, :func:`check_watches`): a one-shot data or exists watch
+       registered by a read answered at zxid z is due at the first committed change of
+       its path after z (a set or delete of an existing node, a create of a missing
+       one). It must fire once, with that change's event type and zxid, and before any
+       later reply on its session that carries a zxid at or past the change; it must
+       never fire without a due change. After a reconnect the server replays what was
+       missed at its current zxid, and only the net change (CORRECTNESS: SetWatches),
+       so there the event's zxid may be later and its type that of any later change.
+
 Complexity: linear in the operations and txns, plus a bisection per read.
 
-Left out: watches (one-shot watches firing exactly when due) and children lists.
+Left out: children lists and child watches.
 """
 
 from __future__ import annotations
@@ -140,6 +149,8 @@ class Operation:
     read: tuple[bytes, int, int] | None = None
     stat: tuple[int, int, int] | None = None
     server: str = ""
+    seq: int | None = None
+    """Where its reply arrived among its session's frames (for watch ordering; None: not known)."""
 
     def describe(self) -> str:
         """One line for reports."""
@@ -237,6 +248,50 @@ class HistoryRecorder:
         """Operations by outcome (for reports)."""
         counts = Counter(operation.outcome.value for operation in self.operations)
         return {"total": len(self.operations), **counts}
+
+
+@dataclass(slots=True, kw_only=True)
+class WatchRecord:
+    """One one-shot watch as its client saw it.
+
+    Attributes:
+        watch_id: unique in the run.
+        process, session_id: who registered it.
+        kind: ``"data"`` (a get, or an exists that found the node) or ``"exist"`` (an
+            exists that found no node).
+        path: the watched node.
+        zxid: the zxid the registering read's reply carried.
+        seq: where that reply arrived among its session's frames (None: not known).
+        events: ``(event type, path, zxid, seq)`` of every time it fired, ``seq`` where
+            the event arrived among the session's frames (None: not known).
+        ended: the session was lost or closed (or the run ended) before it fired.
+        reconnected: the client reconnected between the registration and the firing
+            (or the end).
+    """
+
+    watch_id: int
+    process: int
+    session_id: int
+    kind: str
+    path: str
+    zxid: int
+    seq: int | None = None
+    events: list[tuple[int, str, int, int | None]] = field(default_factory=list)
+    ended: bool = False
+    reconnected: bool = False
+
+    def describe(self) -> str:
+        fired = ", ".join(f"{kind}@{zxid:#x}" for kind, _path, zxid, _seq in self.events) or "never"
+        extra = (" (session ended)" if self.ended else "") + (" (reconnected)" if self.reconnected else "")
+        return (
+            f"watch #{self.watch_id} p{self.process} s{self.session_id:#x} {self.kind} {self.path} "
+            f"@zxid {self.zxid:#x}: fired {fired}{extra}"
+        )
+
+
+EVENT_CREATED: Final = 1
+EVENT_DELETED: Final = 2
+EVENT_DATA_CHANGED: Final = 3
 
 
 def linearizability_calls(operations: Iterable[Operation]) -> list[Call]:
@@ -572,6 +627,7 @@ def check_history(
     merged: MergedLog,
     *,
     final_state: Mapping[str, tuple[bytes, int] | None] | None = None,
+    watches: Sequence[WatchRecord] = (),
 ) -> HistoryReport:
     """Check a history against the merged committed log (checks 2-7 of the module doc).
 
@@ -580,10 +636,13 @@ def check_history(
         merged: from :func:`merge_logs` (its violations are carried over).
         final_state: what a client read at the end, after every server caught up: path
             -> ``(value, version)`` or None, for the paths the history touched.
+        watches: the one-shot watches registered (check 8).
     """
     report = HistoryReport(violations=list(merged.violations))
     add = report.violations.append
     replay = Replay(merged.base, merged.base_zxid, merged.txns)
+    if watches:
+        report.violations.extend(check_watches(watches, operations, replay, report.stats))
     report.violations.extend(replay.violations)
     by_zxid = {txn.zxid: txn for txn in merged.txns}
     base_zxid = merged.base_zxid
@@ -742,6 +801,114 @@ def check_history(
     return report
 
 
+def _event_type(before: NodeState | None, after: NodeState | None) -> int:
+    if before is None:
+        return EVENT_CREATED
+    return EVENT_DELETED if after is None else EVENT_DATA_CHANGED
+
+
+def check_watches(
+    watches: Sequence[WatchRecord],
+    operations: Sequence[Operation],
+    replay: Replay,
+    stats: Counter[str] | None = None,
+) -> list[Violation]:
+    """Check 8 of the module doc: each one-shot watch fired exactly once iff it was due,
+    for the right change, and before its session saw a reply at or past that change."""
+    stats = Counter() if stats is None else stats
+    violations: list[Violation] = []
+    replies: dict[int, list[Operation]] = defaultdict(list)  # session -> answered ops with a seq
+    for op in operations:
+        if op.seq is not None and op.zxid is not None and op.outcome is not Outcome.UNKNOWN:
+            replies[op.session_id].append(op)
+    for ops in replies.values():
+        ops.sort(key=lambda op: op.seq or 0)
+    names = {EVENT_CREATED: "created", EVENT_DELETED: "deleted", EVENT_DATA_CHANGED: "data-changed"}
+
+    for watch in watches:
+        stats["watches"] += 1
+
+        def fail(message: str, op_ids: tuple[int, ...] = (), zxid: int | None = None, w: WatchRecord = watch) -> None:
+            violations.append(Violation("watch", f"{w.describe()}: {message}", op_ids, zxid))
+
+        if watch.zxid < replay.base_zxid:
+            stats["watches before the base"] += 1
+            continue
+        before = replay.at(watch.path, watch.zxid)
+        if (before is None) != (watch.kind == "exist"):
+            fail(f"registered as {watch.kind} but the node {'is missing' if before is None else 'exists'} there")
+            continue
+        # any change after z qualifies: a set or delete of the node watched for data, a
+        # create of the node an exists watch found missing
+        due: tuple[int, int] | None = None  # (zxid, event type) of the qualifying change
+        allowed: list[tuple[int, int]] = []  # (zxid, event type) of every later change (for replays)
+        previous = before
+        for zxid, state in replay.changes(watch.path):
+            if zxid <= watch.zxid:
+                continue
+            allowed.append((zxid, _event_type(previous, state)))
+            due = due or allowed[-1]
+            previous = state
+        if len(watch.events) > 1:
+            fail(f"fired {len(watch.events)} times")
+            continue
+        if due is None:
+            if watch.events:
+                fail("fired, but the log has no change of the node after the registration")
+            else:
+                stats["watches not due"] += 1
+            continue
+        due_zxid, due_type = due
+        if watch.events:
+            event_type, event_path, event_zxid, event_seq = watch.events[0]
+            if event_path != watch.path:
+                fail(f"fired for {event_path}")
+                continue
+            if watch.reconnected:
+                # replayed after a reconnect: at the server's current zxid, the net change
+                fine = event_zxid >= due_zxid and any(
+                    event_type == kind and zxid <= event_zxid for zxid, kind in allowed
+                )
+            else:
+                fine = (event_type, event_zxid) == (due_type, due_zxid)
+            if not fine:
+                fail(
+                    f"fired {names.get(event_type, event_type)} at {event_zxid:#x}, due: "
+                    f"{names[due_type]} at {due_zxid:#x}",
+                    zxid=due_zxid,
+                )
+                continue
+            if watch.reconnected and watch.kind == "exist":
+                # a node created and deleted again while the client was away is missed, as in
+                # ZooKeeper (SetWatches finds no node and re-arms the watch): the event may be
+                # for a later create, which is then the change it must precede replies past
+                due_zxid = max(zxid for zxid, kind in allowed if kind == event_type and zxid <= event_zxid)
+        else:
+            event_seq = None
+        # it must arrive before the first reply after the registration at or past the change
+        first = None
+        if watch.seq is not None:
+            first = next(
+                (
+                    op
+                    for op in replies.get(watch.session_id, ())
+                    if (op.seq or 0) > watch.seq and (op.zxid or 0) >= due_zxid
+                ),
+                None,
+            )
+        if first is not None and (event_seq is None or (first.seq or 0) < event_seq):
+            if not watch.events and watch.reconnected and watch.kind == "exist":
+                # created and deleted again while disconnected: SetWatches finds no node
+                stats["exist watches missed over a reconnect"] += 1
+                continue
+            fail(f"not fired before a reply at {first.zxid or 0:#x} (due at {due_zxid:#x})", (first.op_id,), due_zxid)
+        elif watch.events:
+            stats["watches fired as due"] += 1
+        else:
+            stats["watches due, session over before delivery"] += 1
+    return violations
+
+
 def _txn_problem(op: Operation, txn: Txn, replay: Replay) -> str:
     """What is wrong with ``txn`` as the txn of the answered write ``op`` ('' if nothing)."""
     body = txn.body
@@ -816,7 +983,9 @@ __all__ = [
     "Replay",
     "ServerLog",
     "Violation",
+    "WatchRecord",
     "check_history",
+    "check_watches",
     "linearizability_calls",
     "merge_logs",
     "zxid_follows",

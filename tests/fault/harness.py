@@ -47,6 +47,7 @@ from coord.history import (
     Replay,
     ServerLog,
     Violation,
+    WatchRecord,
     check_history,
     linearizability_calls,
     merge_logs,
@@ -118,9 +119,15 @@ class ReplyTap:
         self.replies: dict[int, int] = {}  # xid -> the zxid its reply carried
         self.highest = 0
         self.regressions: list[str] = []
+        self.frames = 0  # frames received so far: their order, for watch events vs replies
+        self.connections = 0
+        self.reply_frames: dict[int, tuple[int, int]] = {}  # xid -> (frame number, connection)
+        self.events: list[tuple[int, int, int, str, int]] = []  # (frame, connection, type, path, zxid)
 
     async def open(self, host: str, port: int) -> trio.abc.Stream:
-        return _TappedStream(await trio.open_tcp_stream(host, port), self)
+        stream = await trio.open_tcp_stream(host, port)
+        self.connections += 1
+        return _TappedStream(stream, self)
 
     def mark(self) -> int:
         return len(self.sent)
@@ -132,6 +139,20 @@ class ReplyTap:
                 return self.replies.get(xid)
         return None
 
+    def reply_frame(self, mark: int, op: int) -> tuple[int, int] | None:
+        """``(frame number, connection)`` of the reply :meth:`reply_zxid` reads."""
+        for xid, sent_op in self.sent[mark:]:
+            if sent_op == op:
+                return self.reply_frames.get(xid)
+        return None
+
+    def event_frame(self, after: int, event: client.WatchEvent) -> tuple[int | None, int]:
+        """``(frame number, connection)`` of the first frame after ``after`` that carried ``event``."""
+        for frame, connection, kind, path, zxid in self.events:
+            if frame > after and (kind, path, zxid) == (int(event.type), event.path, event.zxid):
+                return frame, connection
+        return None, self.connections
+
     def _request(self, item: Any) -> None:
         if type(item) is list and len(item) >= 2:
             self.sent.append((item[0], item[1]))
@@ -140,6 +161,13 @@ class ReplyTap:
         if type(item) is not list or len(item) != 4:
             return
         xid, zxid = item[0], item[1]
+        self.frames += 1
+        if xid == protocol.WATCH_XID:
+            body = item[3]
+            if type(body) is list and len(body) == 2:
+                self.events.append((self.frames, self.connections, body[0], body[1], zxid))
+        else:
+            self.reply_frames[xid] = (self.frames, self.connections)
         if zxid < self.highest:
             self.regressions.append(f"xid {xid}: zxid {zxid:#x} after {self.highest:#x}")
         self.highest = max(self.highest, zxid)
@@ -191,6 +219,7 @@ class RunState:
     schedule: Schedule
     ensemble: Ensemble
     recorder: HistoryRecorder = field(default_factory=HistoryRecorder)
+    watches: list[WatchRecord] = field(default_factory=list)
     clients: dict[int, client.Client] = field(default_factory=dict)
     events: list[str] = field(default_factory=list)
     wire_regressions: list[str] = field(default_factory=list)
@@ -208,6 +237,7 @@ class Worker:
     """One client at a time (a new one when its session is lost), one operation in flight."""
 
     def __init__(self, index: int, state: RunState) -> None:
+        self.watchers: trio.Nursery | None = None  # the tasks awaiting this worker's watches
         self.index = index
         self.state = state
         self.rng = random.Random(state.schedule.seed * 1000 + index)
@@ -215,6 +245,11 @@ class Worker:
         self.versions: dict[str, int] = {}  # the last version this worker saw, per key
 
     async def run(self, stop: trio.Event) -> None:
+        async with trio.open_nursery() as watchers:
+            self.watchers = watchers
+            await self._sessions(stop)
+
+    async def _sessions(self, stop: trio.Event) -> None:
         while not stop.is_set():
             tap = ReplyTap()
             try:
@@ -255,8 +290,63 @@ class Worker:
                 await self.operation(zk, tap, OpKind.DELETE, key, version=known)
             elif choice < 0.80:
                 await self.operation(zk, tap, OpKind.SYNC_GET, key)
+            elif choice < 0.86:
+                await self.operation(zk, tap, OpKind.GET, key, watch=client.Watch())
+            elif choice < 0.90:
+                await self.watched_exists(zk, tap, key)
             else:
                 await self.operation(zk, tap, OpKind.GET, key)
+
+    def _watching(
+        self, zk: client.Client, tap: ReplyTap, watch: client.Watch, kind: str, path: str, mark: int, op: int
+    ) -> None:
+        """Record a watch armed by the reply to the request of kind ``op`` sent after ``mark``,
+        and await it in a side task."""
+        zxid = tap.reply_zxid(mark, op)
+        frame = tap.reply_frame(mark, op)
+        if zxid is None or frame is None or self.watchers is None:  # pragma: no cover
+            return
+        record = WatchRecord(
+            watch_id=len(self.state.watches),
+            process=self.index,
+            session_id=zk.session_id,
+            kind=kind,
+            path=path,
+            zxid=zxid,
+            seq=frame[0],
+        )
+        self.state.watches.append(record)
+        self.watchers.start_soon(self._await_watch, watch, record, tap, frame[1])
+
+    async def _await_watch(self, watch: client.Watch, record: WatchRecord, tap: ReplyTap, connection: int) -> None:
+        try:
+            with trio.fail_after(self.state.schedule.duration_s + 60):
+                event = await watch.wait()
+        except (client.CoordError, trio.TooSlowError):
+            record.ended = True  # the session was lost or closed first
+            record.reconnected = tap.connections > connection
+            return
+        assert record.seq is not None
+        frame, at = tap.event_frame(record.seq, event)
+        record.events.append((int(event.type), event.path, event.zxid, frame))
+        record.reconnected = at > connection
+
+    async def watched_exists(self, zk: client.Client, tap: ReplyTap, path: str) -> None:
+        """``exists`` with a one-shot watch: a data watch if the node is there, else an exists watch.
+
+        Raises:
+            SessionExpiredError: the session is over.
+        """
+        watch = client.Watch()
+        mark = tap.mark()
+        try:
+            with trio.fail_after(OP_TIMEOUT_S):
+                stat = await zk.exists(path, watch=watch)
+        except (client.CoordError, trio.TooSlowError) as error:
+            if isinstance(error, client.SessionExpiredError | client.ConnectionClosedError):
+                raise
+            return
+        self._watching(zk, tap, watch, "exist" if stat is None else "data", path, mark, Op.EXISTS)
 
     async def operation(
         self,
@@ -268,8 +358,10 @@ class Worker:
         value: bytes | None = None,
         version: int = -1,
         ephemeral: bool = False,
+        watch: client.Watch | None = None,
     ) -> None:
         """Run one operation and record it (invocation, then ok / failed / unknown).
+        A read may arm a one-shot ``watch`` (recorded in the run's watches).
 
         Raises:
             SessionExpiredError: the session is over (recorded as unknown first).
@@ -311,7 +403,7 @@ class Worker:
                 else:
                     if kind is OpKind.SYNC_GET:
                         await zk.sync(path)
-                    data, got = await zk.get(path)
+                    data, got = await zk.get(path, watch=watch)
                     read = (data, got.version, got.mzxid)
         except DEFINITE_ERRORS as error:
             op.server = _server_name(self.state.ensemble, zk)
@@ -320,6 +412,7 @@ class Worker:
                 recorder.unknown(op, error=error.code)
             else:
                 recorder.failed(op, time=trio.current_time(), zxid=zxid, error=error.code)
+                op.seq = _frame(tap.reply_frame(mark, reply_op))
             self.versions.pop(path, None)
             return
         except (client.CoordError, trio.TooSlowError) as error:
@@ -334,12 +427,19 @@ class Worker:
             recorder.unknown(op)
             return
         recorder.ok(op, time=trio.current_time(), zxid=zxid, read=read, stat=stat)
+        op.seq = _frame(tap.reply_frame(mark, reply_op))
+        if watch is not None:
+            self._watching(zk, tap, watch, "data", path, mark, reply_op)
         if kind is OpKind.DELETE:
             self.versions.pop(path, None)
         elif read is not None:
             self.versions[path] = read[1]
         elif stat is not None and not ephemeral:
             self.versions[path] = stat[0]
+
+
+def _frame(frame: tuple[int, int] | None) -> int | None:
+    return None if frame is None else frame[0]
 
 
 def _server_name(ensemble: Ensemble, zk: client.Client) -> str:
@@ -707,7 +807,7 @@ async def run_schedule(schedule: Schedule, directory: Path) -> Outcomes:
     disks = [read_disk(server_id, data_dir / f"server-{server_id}") for server_id in (1, 2, 3)]
     merged = merge_logs([disk.log for disk in disks])
     operations = outcomes.operations
-    outcomes.history = check_history(operations, merged, final_state=final_state)
+    outcomes.history = check_history(operations, merged, final_state=final_state, watches=state.watches)
     outcomes.violations.extend(check_disks(disks, merged))
     outcomes.linearizability = check_linearizable(
         linearizability_calls(operations), time_limit_s=LINEARIZABILITY_LIMIT_S
@@ -716,6 +816,8 @@ async def run_schedule(schedule: Schedule, directory: Path) -> Outcomes:
     outcomes.counts["txns"] = len(merged.txns)
     outcomes.counts["keys"] = len(outcomes.linearizability.results)
     outcomes.counts["lin-calls"] = outcomes.linearizability.calls
+    outcomes.counts["watches"] = len(state.watches)
+    outcomes.counts["watches-fired"] = outcomes.history.stats["watches fired as due"]
     outcomes.counts["lin-ms"] = int(1000 * sum(result.elapsed_s for result in outcomes.linearizability.results))
     outcomes.wall_s = time.monotonic() - started
     return outcomes

@@ -10,6 +10,7 @@ from coord.history import (
     Operation,
     OpKind,
     ServerLog,
+    WatchRecord,
     check_history,
     linearizability_calls,
     merge_logs,
@@ -333,3 +334,102 @@ def test_closing_a_session_deletes_its_ephemerals_in_the_replay() -> None:
     assert report.ok, report.describe(run.recorder.operations)
     # ephemerals and plain reads are left to this checker
     assert all(call.key != "/h/e" for call in linearizability_calls(run.recorder.operations))
+
+
+# --- watches ------------------------------------------------------------------------------
+
+CHANGED, CREATED, DELETED = 3, 1, 2
+
+
+def watched_run() -> tuple[Run, WatchRecord, Operation]:
+    """A data watch on /h/a registered by a read at its create; a set fires it; then a
+    read on the session at the set's zxid."""
+    run = Run()
+    a = run.create("/h/a", b"a1")
+    registering = run.get("/h/a", (b"a1", 0, a.zxid))  # type: ignore[arg-type]
+    registering.seq = 1
+    s = run.set("/h/a", b"a2", version=0, new_version=1, session=OTHER)
+    later = run.get("/h/a", (b"a2", 1, s.zxid))  # type: ignore[arg-type]
+    later.seq = 3
+    watch = WatchRecord(watch_id=0, process=2, session_id=SESSION, kind="data", path="/h/a", zxid=a.zxid or 0, seq=1)
+    watch.events.append((CHANGED, "/h/a", s.zxid or 0, 2))
+    return run, watch, s
+
+
+def test_a_watch_fired_for_its_change_passes() -> None:
+    run, watch, _s = watched_run()
+    missing = WatchRecord(watch_id=1, process=2, session_id=SESSION, kind="exist", path="/h/b", zxid=watch.zxid, seq=1)
+    b = run.create("/h/b", b"b1", session=OTHER)
+    missing.events.append((CREATED, "/h/b", b.zxid or 0, 4))
+    report = run.check(watches=[watch, missing])
+    assert report.ok, report.describe(run.recorder.operations)
+    assert report.stats["watches fired as due"] == 2
+
+
+def test_a_watch_that_never_fires_is_caught_once_its_session_saw_the_change() -> None:
+    run, watch, _s = watched_run()
+    watch.events.clear()
+    assert kinds(run.check(watches=[watch])) == ["watch"]
+    # without a later reply on the session, the session may have ended before delivery
+    run.recorder.operations[-1].seq = None
+    report = run.check(watches=[watch])
+    assert report.ok and report.stats["watches due, session over before delivery"] == 1
+
+
+def test_a_watch_firing_after_a_later_reply_is_caught() -> None:
+    run, watch, s = watched_run()
+    watch.events[0] = (CHANGED, "/h/a", s.zxid or 0, 5)
+    assert kinds(run.check(watches=[watch])) == ["watch"]
+
+
+def test_a_watch_firing_twice_is_caught() -> None:
+    run, watch, s = watched_run()
+    watch.events.append((CHANGED, "/h/a", s.zxid or 0, 2))
+    assert "fired 2 times" in str(run.check(watches=[watch]).violations[0])
+
+
+def test_a_watch_firing_with_the_wrong_zxid_or_type_is_caught() -> None:
+    run, watch, s = watched_run()
+    watch.events[0] = (CHANGED, "/h/a", (s.zxid or 0) + 1, 2)
+    assert kinds(run.check(watches=[watch])) == ["watch"]
+    watch.events[0] = (DELETED, "/h/a", s.zxid or 0, 2)
+    assert kinds(run.check(watches=[watch])) == ["watch"]
+
+
+def test_a_watch_firing_without_a_change_is_caught() -> None:
+    run = Run()
+    a = run.create("/h/a", b"a1")
+    watch = WatchRecord(watch_id=0, process=2, session_id=SESSION, kind="data", path="/h/a", zxid=a.zxid or 0)
+    assert run.check(watches=[watch]).ok  # not due, not fired
+    watch.events.append((CHANGED, "/h/a", a.zxid or 0, None))
+    assert kinds(run.check(watches=[watch])) == ["watch"]
+
+
+def test_a_watch_replayed_after_a_reconnect_may_carry_a_later_zxid_and_the_net_change() -> None:
+    run, watch, _s = watched_run()
+    deleted = run.delete("/h/a")
+    run.recorder.operations[-2].seq = None  # the read came back on the old connection, before it
+    watch.reconnected = True
+    watch.events[0] = (DELETED, "/h/a", (deleted.zxid or 0) + 0, 2)
+    assert run.check(watches=[watch]).ok
+    watch.reconnected = False
+    assert kinds(run.check(watches=[watch])) == ["watch"]
+
+
+def test_an_exist_watch_over_a_reconnect_may_miss_a_create_and_delete_while_away() -> None:
+    run = Run()
+    registering = run.get("/h/b", None)
+    registering.seq = 1
+    watch = WatchRecord(
+        watch_id=0, process=2, session_id=SESSION, kind="exist", path="/h/b", zxid=registering.zxid or 0, seq=1
+    )
+    run.create("/h/b", b"b1", session=OTHER)
+    run.delete("/h/b")
+    seen = run.get("/h/b", None)
+    seen.seq = 2
+    again = run.create("/h/b", b"b2", session=OTHER)
+    watch.events.append((CREATED, "/h/b", again.zxid or 0, 3))
+    assert kinds(run.check(watches=[watch])) == ["watch"]  # connected all along: the first create was due
+    watch.reconnected = True
+    report = run.check(watches=[watch])
+    assert report.ok, report.describe(run.recorder.operations)
