@@ -433,7 +433,7 @@ def test_leader_steps_down_for_a_follower_that_accepted_a_higher_epoch() -> None
     assert leader.role is Role.LOOKING, "it would refuse our epoch 1 forever"
 
 
-def test_leader_never_snaps_a_follower_back_behind_its_application() -> None:
+def test_leader_never_snaps_away_history_the_follower_already_holds() -> None:
     history = _history(*(make_zxid(1, counter) for counter in range(1, 6)))
     # Restarted: our application is at 0 until the epoch is established and we re-deliver.
     leader, durable = start_leading(

@@ -150,6 +150,7 @@ class Node:
     disk_stalled: bool = False  # records wait in `unwritten` until the disk resumes
     unwritten: list[Record] = field(default_factory=list)
     roles: list[tuple[Role, int | None, int]] = field(default_factory=list)
+    barriers: list[int] = field(default_factory=list)  # confirmed barrier ids
 
 
 class Cluster:
@@ -197,6 +198,7 @@ class Cluster:
             if output != Output():
                 did_something = True
                 node.roles.extend((change.role, change.leader, change.epoch) for change in output.roles)
+                node.barriers.extend(output.barriers)
                 node.app.apply(output)
                 for envelope in output.send:
                     self.sent.append(envelope)
