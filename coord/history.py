@@ -55,7 +55,8 @@ What is checked (each failure is a :class:`Violation`)
        later reply on its session that carries a zxid at or past the change; it must
        never fire without a due change. After a reconnect the server replays what was
        missed at its current zxid, and only the net change (CORRECTNESS: SetWatches),
-       so there the event's zxid may be later and its type that of any later change.
+       so there the event's zxid may be later and its type is that of the node's state
+       then (deleted, or data-changed / created), as ZooKeeper's replay decides.
 
 Complexity: linear in the operations and txns, plus a bisection per read.
 
@@ -865,9 +866,18 @@ def check_watches(
                 fail(f"fired for {event_path}")
                 continue
             if watch.reconnected:
-                # replayed after a reconnect: at the server's current zxid, the net change
-                fine = event_zxid >= due_zxid and any(
-                    event_type == kind and zxid <= event_zxid for zxid, kind in allowed
+                # Replayed after a reconnect (SetWatches), at the server's zxid then, as the
+                # net change: NODE_DELETED if the node is gone by then, else data-changed for
+                # a data watch (even when it was deleted and created again meanwhile) or
+                # created for an exists watch, exactly as ZooKeeper's replay decides.
+                state_then = replay.at(watch.path, event_zxid)
+                if state_then is None:
+                    replayed_type = EVENT_DELETED
+                else:
+                    replayed_type = EVENT_DATA_CHANGED if watch.kind == "data" else EVENT_CREATED
+                fine = event_zxid >= due_zxid and (
+                    event_type == replayed_type
+                    or any(event_type == kind and zxid <= event_zxid for zxid, kind in allowed)
                 )
             else:
                 fine = (event_type, event_zxid) == (due_type, due_zxid)

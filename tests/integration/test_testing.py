@@ -102,8 +102,6 @@ async def test_process_ensemble_kill_pause_expire(tmp_path: Path) -> None:
             assert isinstance(process, ServerProcess) and process.pid
             assert "--config" in process.command and process.config_path.exists()
             await wait_until(lambda: ensemble.leader_id() == leader)  # the background poll caught up
-            with pytest.raises(RuntimeError, match="in-process"):
-                ensemble.isolate(leader)
             await ensemble.kill(leader)  # SIGKILL
             assert ensemble.process(leader).exit_codes[-1] == -signal.SIGKILL
             assert ensemble.servers[leader] is None

@@ -433,3 +433,22 @@ def test_an_exist_watch_over_a_reconnect_may_miss_a_create_and_delete_while_away
     watch.reconnected = True
     report = run.check(watches=[watch])
     assert report.ok, report.describe(run.recorder.operations)
+
+
+def test_a_data_watch_replayed_after_the_node_was_deleted_and_recreated_reports_a_data_change() -> None:
+    # ZooKeeper's SetWatches replay looks only at the node now: it exists with a newer
+    # mzxid, so the watch fires NODE_DATA_CHANGED at the server's zxid, though the first
+    # change after the registration was a delete (and then a create).
+    run = Run()
+    a = run.create("/h/a", b"a1")
+    registering = run.get("/h/a", (b"a1", 0, a.zxid))  # type: ignore[arg-type]
+    registering.seq = 1
+    watch = WatchRecord(watch_id=0, process=2, session_id=SESSION, kind="data", path="/h/a", zxid=a.zxid or 0, seq=1)
+    run.delete("/h/a")
+    again = run.create("/h/a", b"a2", session=OTHER)
+    watch.reconnected = True
+    watch.events.append((CHANGED, "/h/a", again.zxid or 0, 2))
+    report = run.check(watches=[watch])
+    assert report.ok, report.describe(run.recorder.operations)
+    watch.reconnected = False  # on one connection the delete was due, and came first
+    assert kinds(run.check(watches=[watch])) == ["watch"]
