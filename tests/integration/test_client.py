@@ -37,23 +37,18 @@ from client import (
     WatchEvent,
     ZnodeStat,
 )
-from coord.config import ServerConfig
-from coord.server import Server, open_server
+from coord.server import Server
+from coord.testing import open_ensemble
 
 TEST_TIMEOUT_S = 20.0
 
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    config = ServerConfig(
-        data_dir=tmp_path,
-        listen_port=0,
-        tick_ms=100,
-        min_session_timeout_ms=200,
-        max_session_timeout_ms=20000,
-    )
-    async with open_server(config) as running:
-        yield running
+    """A one-server embedded ensemble (sessions tick every 100 ms: timeouts from 200 ms)."""
+    async with open_ensemble(1, data_dir=tmp_path, session_tick_ms=100, max_session_timeout_ms=20_000) as ensemble:
+        await ensemble.wait_for_leader()
+        yield ensemble.server(1)
 
 
 def connect(server: Server, **kwargs: Any) -> Any:
