@@ -252,12 +252,15 @@ class Pipeline:
         self.mode = Mode.FOLLOWER
         self._touched = set(self._conn_of_session)
 
-    def go_offline(self, error: CoordError) -> None:
+    def go_offline(self, error: CoordError, *, disconnect: bool = True) -> None:
         """No established leader any more: everything in flight is answered with
-        ``error`` and every client is disconnected, so clients find a server that
-        serves (their sessions live on, and they reconnect with them)."""
+        ``error``. With ``disconnect`` every client is disconnected too, so clients
+        find a server that serves (their sessions live on, and they reconnect with
+        them); without it (a disk error being recovered from) they stay for reads."""
         self.mode = Mode.OFFLINE
         self.abort_pending(error)
+        if not disconnect:
+            return
         for conn in list(self._conns.values()):
             self._out.close.append(conn.conn_id)
             self._drop(conn)

@@ -44,13 +44,12 @@ class Recovered:
     replayed: int
 
 
-def recover(data_dir: Path, *, log_map_bytes: int, new_epoch: bool = False, replay: bool = True) -> Recovered:
+def recover(data_dir: Path, *, log_map_bytes: int, replay: bool = True) -> Recovered:
     """Open the storage under ``data_dir`` and rebuild the tree.
 
     Args:
         data_dir: the server's data directory (created if missing).
         log_map_bytes: the LMDB map size of the log.
-        new_epoch: start (and persist) a new epoch.
         replay: apply the log after the snapshot to the tree. A server leaves this
             off: its log may end in proposals that were never committed (a follower
             of a leader that died), so ZAB delivers the log's entries only once
@@ -102,10 +101,6 @@ def recover(data_dir: Path, *, log_map_bytes: int, new_epoch: bool = False, repl
             txn_log.get_meta(ACCEPTED_EPOCH) or 0,
             epoch_of(tree.last_zxid),
         )
-        if new_epoch:
-            epoch += 1
-            txn_log.set_meta(ACCEPTED_EPOCH, epoch)
-            txn_log.set_meta(CURRENT_EPOCH, epoch)
         log.info(
             "recovered snapshot %#x + %d log entries through %#x (%d replayed), epoch %d, %d znodes, %d sessions",
             snapshot_zxid,

@@ -400,8 +400,7 @@ class Server:
         self._own_txns.clear()
         self._barriers.clear()
         self._confirmed_syncs.clear()
-        self.pipeline.abort_pending(error)
-        self.pipeline.mode = Mode.OFFLINE
+        self.pipeline.go_offline(error, disconnect=False)
         if isinstance(error, StorageError):
             # After an I/O error the log refuses writes until reopened.
             await trio.to_thread.run_sync(self._log.close)

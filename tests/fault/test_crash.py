@@ -157,7 +157,7 @@ async def test_kill_9_during_write_load_loses_no_acknowledged_write(tmp_path: Pa
         assert value in history.get(path, []), f"{path} holds {value!r}, which no client wrote"
 
     # The tree served equals snapshot + log replay from disk.
-    recovered = recover(tmp_path / "data", log_map_bytes=1 << 30, new_epoch=False)
+    recovered = recover(tmp_path / "data", log_map_bytes=1 << 30)
     try:
         assert recovered.snapshot_zxid > 0, "the load should have produced a snapshot"
         assert recovered.replayed > 0

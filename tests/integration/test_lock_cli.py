@@ -39,7 +39,7 @@ WORKER = textwrap.dedent(
     else:
         signal.signal(signal.SIGTERM, stop)
     log.write(f"START {time.monotonic()} {token} {os.getpid()}\\n")
-    time.sleep(float(sys.argv[2]))
+    time.sleep(float(sys.argv[2]))  # the protected work itself (not synchronisation)
     log.write(f"END {time.monotonic()}\\n")
     """
 )

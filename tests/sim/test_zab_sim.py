@@ -70,12 +70,7 @@ def test_a_seed_replays_in_another_process() -> None:
 
 # Seeds that fail because of an open finding (FINDINGS.md): xfail, not skip, so that a
 # fixed core shows them as XPASS.
-KNOWN_FAILING_SOAK: dict[int, str] = {}
-
-
 @pytest.mark.soak
-def test_soak(soak_seed: int, request: pytest.FixtureRequest) -> None:
+def test_soak(soak_seed: int) -> None:
     """Seeds 10,000-11,999 (tests/sim/conftest.py), odd ones with 3 servers, even ones with 5."""
-    if soak_seed in KNOWN_FAILING_SOAK:
-        request.applymarker(pytest.mark.xfail(strict=False, reason=KNOWN_FAILING_SOAK[soak_seed]))
     check_seed(SimOptions.from_seed(soak_seed, servers=3 if soak_seed % 2 else 5), SOAK_STEPS)
