@@ -488,6 +488,7 @@ async def connect(
     data_bytes_max: int = DATA_BYTES_MAX_DEFAULT,
     rng: random.Random | None = None,
     open_stream: OpenStream = open_tcp,
+    fail_fast: bool = False,
 ) -> AsyncIterator[Client]:
     """Open a session: ``async with client.connect("h1:2281,h2:2281") as zk:``.
 
@@ -508,12 +509,17 @@ async def connect(
         rng: the source of host shuffling and backoff jitter.
         open_stream: how to reach a server (``await open_stream(host, port)``); TCP by
             default, replaceable for TLS or tests.
+        fail_fast: for one-shot tools: give up on the first session at once (after a
+            few quick rounds) when every server refuses the connection or its name
+            does not resolve, rather than retrying until ``connect_timeout``. Only the
+            first connection: the session still rides out a server restart.
 
     Yields:
         The connected :class:`Client`.
 
     Raises:
-        ConnectionLossError: no server answered within ``connect_timeout``.
+        ConnectionLossError: no server answered within ``connect_timeout`` (with
+            ``fail_fast``: every server refused the connection).
         BadArgumentsError: a bad host list or timeout.
     """
     if not session_timeout > 0:
@@ -526,6 +532,7 @@ async def connect(
         data_bytes_max=data_bytes_max,
         rng=rng or random.Random(),
         open_stream=open_stream,
+        fail_fast=fail_fast,
     )
     zk = Client(connection, data_bytes_max=data_bytes_max)
     try:

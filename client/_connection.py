@@ -33,6 +33,13 @@ States
     whatever relied on its ephemerals must notice, and a trio program handles that
     by leaving the ``connect`` block.)
 
+    The first connection is retried the same way until ``connect_timeout`` (a
+    service may start before its servers do). With ``fail_fast`` (one-shot tools such
+    as the ``coord`` command) it gives up at once when, in ``FAIL_FAST_ROUNDS``
+    rounds in a row, every server refused the connection or has a name that does not
+    resolve: nothing there will answer. Reconnects of an existing session always
+    keep trying until the session timeout, so a session rides out a server restart.
+
 Cancellation
     A caller cancelled while its request is in flight just stops waiting: the
     request stays in the FIFO and its reply is discarded when it arrives, so the
@@ -41,8 +48,10 @@ Cancellation
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
+import socket
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
@@ -64,6 +73,9 @@ CLOSE_TIMEOUT_S: Final = 2.0
 """How long closing waits for the server to confirm CLOSE_SESSION."""
 RECONNECT_DELAY_MIN_S: Final = 0.02
 ATTEMPT_TIMEOUT_MIN_S: Final = 0.5
+FAIL_FAST_ROUNDS: Final = 3
+"""With ``fail_fast``, the rounds in a row in which every server must have refused the
+connection before the first connection gives up (a few tens of milliseconds)."""
 
 OpenStream = Callable[[str, int], Awaitable[trio.abc.Stream]]
 """How to open a byte stream to a server: ``await open_stream(host, port)``."""
@@ -78,41 +90,80 @@ class _DroppedError(Exception):
     """Internal: this connection is unusable (the reason is the message)."""
 
 
-def parse_hosts(hosts: str | Sequence[str]) -> list[tuple[str, int]]:
+class _NobodyThereError(Exception):
+    """Internal: with ``fail_fast``, every server kept refusing (the reason is the message)."""
+
+
+def _hopeless(error: BaseException) -> str | None:
+    """Why connecting failed, if retrying at once cannot help: ``"connection refused"``
+    (nothing listens on the port) or ``"unknown host"``; None for other failures.
+
+    trio reports a refused connection as an OSError caused by a group of the refusals
+    of each address the name resolved to.
+    """
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, socket.gaierror) and error.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)):
+        return "unknown host"
+    if isinstance(error, OSError) and error.errno == errno.ECONNREFUSED:
+        return "connection refused"
+    cause = error.__cause__
+    if isinstance(error, OSError) and isinstance(cause, BaseExceptionGroup):
+        reasons = {_hopeless(leaf) for leaf in cause.exceptions}
+        if len(reasons) == 1:
+            return reasons.pop()
+    return None
+
+
+def parse_hosts(hosts: str | Sequence[str], *, default_port: int | None = DEFAULT_PORT) -> list[tuple[str, int]]:
     """Parse ``"h1:p1,h2:p2"`` (or a list of ``"h:p"``) into ``(host, port)`` pairs.
 
-    A missing port means 2281; IPv6 addresses go in brackets (``"[::1]:2281"``).
+    A missing port means ``default_port`` (2281), or is an error if that is None;
+    IPv6 addresses go in brackets (``"[::1]:2281"``).
 
     Raises:
-        BadArgumentsError: an empty list, a bad port, or a chroot suffix (not supported).
+        BadArgumentsError: an empty list or an empty entry (``"a:1,,b:2"``), a port
+            that is not a number or not in 1..65535, or a chroot suffix (not supported).
     """
     items = hosts.split(",") if isinstance(hosts, str) else list(hosts)
+    if not any(item.strip() for item in items):
+        raise BadArgumentsError(f"no hosts in {hosts!r}")
     result: list[tuple[str, int]] = []
     for raw in items:
         item = raw.strip()
         if not item:
-            continue
+            raise BadArgumentsError(f"empty entry in the host list {hosts!r}")
         if "/" in item:
             raise BadArgumentsError(f"a chroot in the host list is not supported: {raw!r}")
         if item.startswith("["):
             host, _, rest = item[1:].partition("]")
             port_text = rest[1:] if rest.startswith(":") else ""
             if rest and not rest.startswith(":"):
-                raise BadArgumentsError(f"bad host {raw!r}")
+                raise BadArgumentsError(f"bad host {raw!r}: expected [IPV6]:PORT")
         elif item.count(":") == 1:
             host, _, port_text = item.partition(":")
         else:
             host, port_text = item, ""
-        try:
-            port = int(port_text) if port_text else DEFAULT_PORT
-        except ValueError:
-            raise BadArgumentsError(f"bad port in {raw!r}") from None
-        if not host or not 0 < port < 65536:
-            raise BadArgumentsError(f"bad host {raw!r}")
+        if not host:
+            raise BadArgumentsError(f"no host in {raw!r}")
+        if not port_text:
+            if default_port is None:
+                raise BadArgumentsError(
+                    f"expected HOST:PORT (an IPv6 address in brackets, as [::1]:2281), got {raw.strip()!r}"
+                )
+            port = default_port
+        elif not (port_text.isascii() and port_text.isdigit()):
+            raise BadArgumentsError(f"port must be a number, got {port_text!r} in {raw.strip()!r}")
+        else:
+            port = int(port_text)
+            if not 0 < port < 65536:
+                raise BadArgumentsError(f"port {port} in {raw.strip()!r} is out of range (1..65535)")
         result.append((host, port))
-    if not result:
-        raise BadArgumentsError(f"no hosts in {hosts!r}")
     return result
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def open_tcp(host: str, port: int) -> trio.abc.Stream:
@@ -128,6 +179,8 @@ class Connection:
         session_timeout_ms: the session timeout to ask for.
         connect_timeout: seconds to wait for the first session.
         max_reconnect_delay: the cap of the backoff between rounds of attempts.
+        fail_fast: give up on the first session early when nothing listens (see the
+            module doc).
         data_bytes_max: the largest value a request may carry.
         rng: the source of shuffling and jitter.
         open_stream: how to reach a server.
@@ -143,12 +196,15 @@ class Connection:
         data_bytes_max: int,
         rng: random.Random,
         open_stream: OpenStream = open_tcp,
+        fail_fast: bool = False,
     ) -> None:
         self.core = SessionCore(
             timeout_ms=session_timeout_ms, data_bytes_max=data_bytes_max, wake=trio.lowlevel.reschedule
         )
+        self._hosts_text = ",".join(_host_port(host, port) for host, port in hosts)
         self._hosts = list(hosts)
         rng.shuffle(self._hosts)
+        self._fail_fast = fail_fast
         self._host_index = 0
         self._rng = rng
         self._open_stream = open_stream
@@ -323,10 +379,12 @@ class Connection:
 
     async def _connect_first(self) -> tuple[trio.abc.Stream, ConnectResponse]:
         with trio.move_on_after(self._connect_timeout):
-            return await self._establish()
-        hosts = ",".join(f"{host}:{port}" for host, port in self._hosts)
+            try:
+                return await self._establish(fail_fast=self._fail_fast)
+            except _NobodyThereError as error:
+                raise ConnectionLossError(f"could not connect to {error}") from self._last_failure
         raise ConnectionLossError(
-            f"could not connect to {hosts} within {self._connect_timeout:g}s: {self._last_failure}"
+            f"could not connect to {self._hosts_text} within {self._connect_timeout:g}s: {self._last_failure}"
         ) from self._last_failure
 
     async def _reconnect(self) -> tuple[trio.abc.Stream, ConnectResponse] | None:
@@ -345,14 +403,18 @@ class Connection:
         )
         return None
 
-    async def _establish(self) -> tuple[trio.abc.Stream, ConnectResponse]:
+    async def _establish(self, *, fail_fast: bool = False) -> tuple[trio.abc.Stream, ConnectResponse]:
         """Try the hosts in turn, backing off between rounds, until one takes us.
 
         Raises:
             SessionExpiredError: a server said the session is over.
+            _NobodyThereError: (``fail_fast``) every server refused for
+                ``FAIL_FAST_ROUNDS`` rounds in a row.
         """
         delay = min(RECONNECT_DELAY_MIN_S, self._max_reconnect_delay)
+        hopeless_rounds = 0
         while True:
+            reasons: dict[str, str | None] = {}
             for _ in range(len(self._hosts)):
                 host, port = self._hosts[self._host_index]
                 self._host_index = (self._host_index + 1) % len(self._hosts)
@@ -363,8 +425,19 @@ class Connection:
                 except (*_NETWORK_ERRORS, CoordError, _DroppedError) as error:
                     log.debug("connecting to %s:%s failed: %r", host, port, error)
                     self._last_failure = error
+                    reasons[_host_port(host, port)] = _hopeless(error)
+            if fail_fast:
+                hopeless_rounds = hopeless_rounds + 1 if None not in reasons.values() else 0
+                if hopeless_rounds >= FAIL_FAST_ROUNDS:
+                    raise _NobodyThereError(self._describe_failures(reasons))
             await trio.sleep(delay * (0.5 + 0.5 * self._rng.random()))
             delay = min(delay * 2, self._max_reconnect_delay)
+
+    def _describe_failures(self, reasons: dict[str, str | None]) -> str:
+        """``"a:1,b:2: connection refused"``, or each server's reason if they differ."""
+        if len(set(reasons.values())) == 1:
+            return f"{self._hosts_text}: {next(iter(reasons.values()))}"
+        return ", ".join(f"{name} ({reasons.get(name)})" for name in self._hosts_text.split(","))
 
     async def _attempt(self, host: str, port: int) -> tuple[trio.abc.Stream, ConnectResponse]:
         """One connection attempt with the handshake, bounded as ZooKeeper bounds it

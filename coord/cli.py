@@ -8,18 +8,25 @@
     coord get PATH | stat PATH | ls PATH | create PATH [DATA] | set PATH DATA | rm PATH | watch PATH
 
 Client commands take ``--server host:port,...`` or the ``COORD_SERVERS``
-environment variable (default ``127.0.0.1:2281``). Exit status: 0 on success,
-1 when the service answered with an error (e.g. no such node), 2 for bad usage
+environment variable (default ``127.0.0.1:2281``); every entry needs its port. They
+give up at once when every server refuses the connection (nothing listens), and
+otherwise after ``--timeout`` seconds. Exit status: 0 on success, 1 when the service
+answered with an error (e.g. no such node) or a server cannot start, 2 for bad usage
 or bad configuration, 3 when no server could be reached.
+
+Errors are one line on stderr starting with ``coord:``, naming what is wrong (the
+configuration key, the data directory, the address in use); a traceback means a bug.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,15 +34,19 @@ from typing import Any
 
 import trio
 
+from client._connection import parse_hosts
 from coord import lockcli, protocol
-from coord.config import ConfigError, load_config
-from coord.errors import CoordError
+from coord.config import Address, ConfigError, ServerConfig, format_address, load_config
+from coord.errors import ConnectionLossError, CoordError, StorageError
 
 DEFAULT_SERVERS = "127.0.0.1:2281"
 EXIT_OK = 0
 EXIT_API_ERROR = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+ENSEMBLE_SIZE_MAX = 9
+PEER_PORT_OFFSET = 999
+"""``coord ensemble``: server N's client port is base + N - 1, its peer port base + 999 + N."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,13 +63,18 @@ def _parser() -> argparse.ArgumentParser:
     ensemble.add_argument("--size", type=int, default=3, help="number of servers (default %(default)s)")
     ensemble.add_argument("--data-dir", type=Path, default=Path("coord-data"), help="data directory (kept across runs)")
     ensemble.add_argument(
-        "--base-port", type=int, default=2281, help="client ports from here, peer ports from here + 1000"
+        "--base-port",
+        type=int,
+        default=2281,
+        help="client ports from here, peer ports from here + 1000 (0: any free ports; default %(default)s)",
     )
 
     def client_command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--server", default=None, help="host:port,... (default: $COORD_SERVERS or %(default)s)")
-        sub.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the service")
+        sub.add_argument(
+            "--timeout", type=lockcli.positive_seconds, default=10.0, help="seconds to wait for the service"
+        )
         return sub
 
     status = client_command("status", "show a server's role, zxid, sessions, znodes, watches")
@@ -92,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _servers(args: argparse.Namespace) -> str:
-    return args.server or os.environ.get("COORD_SERVERS") or DEFAULT_SERVERS
+    """The checked server list (see :func:`coord.lockcli.server_list`)."""
+    return lockcli.server_list(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,13 +124,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "ensemble":
             return _ensemble(args)
-        if args.command == "status":
-            return trio.run(_status, args)
         if args.command in lockcli.COMMANDS:
             return lockcli.run(args)
+        args.servers = _servers(args)
+        if args.command == "status":
+            return trio.run(_status, args)
         return trio.run(_client_command, args)
     except ConfigError as error:
         print(f"coord: configuration error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except lockcli.UsageError as error:
+        print(f"coord: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
@@ -129,17 +150,129 @@ def _serve(args: argparse.Namespace) -> int:
     if args.listen is not None:
         overrides["server.listen"] = args.listen
     config = load_config(args.config, overrides=overrides)
-    from coord.recovery import RecoveryError
-
-    try:
-        trio.run(_run_server, config)
-    except RecoveryError as error:
-        print(f"coord: cannot start: {error}", file=sys.stderr)
+    addresses = _server_addresses(config)
+    problem = _cannot_listen(addresses)
+    if problem is not None:
+        print(f"coord: {problem}", file=sys.stderr)
         return 1
-    except OSError as error:
-        print(f"coord: cannot start: {error}", file=sys.stderr)
+    serving: list[bool] = []
+    try:
+        trio.run(_run_server, config, serving)
+    except (Exception, BaseExceptionGroup) as error:
+        message = _explain(error, data_dir=config.data_dir, addresses=addresses, action="start", started=bool(serving))
+        if message is None:
+            raise
+        print(f"coord: {message}", file=sys.stderr)
         return 1
     return 0
+
+
+_Named = list[tuple[str, Address, str]]
+"""Addresses a command listens on, each with what it is (``"client address"``) and a
+hint for when it is in use."""
+
+
+def _server_addresses(config: ServerConfig) -> _Named:
+    if config.ensemble is None:
+        return [("client address", (config.listen_host, config.listen_port), "")]
+    server_id = config.server_id
+    hint = f"is server {server_id} running already?"
+    return [
+        (f"client address of server {server_id}", (config.listen_host, config.listen_port), hint),
+        (f"peer address of server {server_id}", config.ensemble.servers[server_id].peer, hint),
+    ]
+
+
+_BIND_ERRORS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _bind_error(address: Address) -> OSError | None:
+    """Why ``address`` cannot be listened on right now (None: it can, or it cannot be
+    checked, e.g. the host does not resolve). Binds the way trio does (SO_REUSEADDR,
+    IPv6 only for IPv6), then lets go at once."""
+    host, port = address
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return None
+    for family, kind, proto, _, sockaddr in infos:
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError:
+            continue
+        with sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(sockaddr)
+            except OSError as error:
+                if error.errno in _BIND_ERRORS:
+                    return error
+    return None
+
+
+def _cannot_listen(addresses: _Named) -> str | None:
+    """Before starting: the first address that cannot be listened on, said in one line."""
+    for what, address, hint in addresses:
+        if address[1] == 0:
+            continue
+        error = _bind_error(address)
+        if error is not None:
+            return _listen_message(what, address, hint, error.errno, error.strerror)
+    return None
+
+
+def _listen_message(what: str, address: Address, hint: str, code: int | None, reason: str | None) -> str:
+    name = format_address(address)
+    if code == errno.EADDRINUSE:
+        return f"address {name} ({what}) is already in use" + (f" ({hint})" if hint else "")
+    return f"cannot listen on {name} ({what}): {reason or os.strerror(code or 0)}"
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions in ``error``, with trio's (nested) exception groups opened."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
+def _explain(error: BaseException, *, data_dir: Path, addresses: _Named, action: str, started: bool) -> str | None:
+    """One line saying why the server(s) could not ``action`` (or, once ``started``,
+    why they stopped), or None for an error nobody foresaw (a bug, whose traceback
+    must be seen)."""
+    from coord.recovery import RecoveryError
+
+    leaves = _leaves(error)
+    if not leaves or not all(isinstance(leaf, OSError | CoordError | RecoveryError) for leaf in leaves):
+        return None
+    leaf = leaves[0]
+    if isinstance(leaf, OSError) and leaf.filename is not None and leaf.errno in _NOT_WRITABLE:
+        return f"data directory {data_dir} is not writable ({leaf.strerror}: {leaf.filename})"
+    if isinstance(leaf, StorageError) and _read_only(leaf.__cause__):
+        return f"data directory {data_dir} is not writable ({leaf.__cause__})"
+    if isinstance(leaf, OSError) and leaf.filename is None and leaf.errno in _BIND_ERRORS:
+        # Checked before starting, so something took the address meanwhile.
+        for what, address, hint in addresses:
+            again = _bind_error(address) if address[1] else None
+            if again is not None and again.errno == leaf.errno:
+                return _listen_message(what, address, hint, leaf.errno, leaf.strerror)
+        names = " or ".join(format_address(address) for _, address, _ in addresses)
+        return f"cannot listen on {names}: {leaf.strerror or leaf}"
+    return f"stopped: {leaf}" if started else f"cannot {action}: {leaf}"
+
+
+def _read_only(cause: BaseException | None) -> bool:
+    """Whether LMDB failed to open the log because it may not write there."""
+    if cause is None:
+        return False
+    import lmdb
+
+    if isinstance(cause, lmdb.ReadonlyError):  # LMDB's name for EACCES
+        return True
+    text = str(cause)
+    return any(os.strerror(code) in text for code in _NOT_WRITABLE)
 
 
 FAULT_HOOKS_ENV = "COORD_FAULT_HOOKS"
@@ -147,7 +280,7 @@ FAULT_HOOKS_ENV = "COORD_FAULT_HOOKS"
 and SIGUSR2 heal it: how :mod:`coord.testing` cuts off a server process."""
 
 
-async def _run_server(config: Any) -> None:
+async def _run_server(config: Any, serving: list[bool]) -> None:
     from coord.server import open_server
 
     fault_hooks = os.environ.get(FAULT_HOOKS_ENV) == "1"
@@ -155,6 +288,7 @@ async def _run_server(config: Any) -> None:
     with trio.open_signal_receiver(*handled) as signals:
         async with open_server(config) as server:
             print(f"coord: serving on {server.connect_string} (data in {config.data_dir})", flush=True)
+            serving.append(True)
             async for signum in signals:
                 if signum == signal.SIGUSR1:
                     logging.getLogger("coord").warning("fault hook: isolating this server")
@@ -172,18 +306,44 @@ async def _run_server(config: Any) -> None:
 
 
 def _ensemble(args: argparse.Namespace) -> int:
-    if not 1 <= args.size <= 9:
-        print("coord: --size must be between 1 and 9", file=sys.stderr)
+    if not 1 <= args.size <= ENSEMBLE_SIZE_MAX:
+        print(f"coord: --size must be between 1 and {ENSEMBLE_SIZE_MAX}", file=sys.stderr)
         return EXIT_USAGE
+    highest = 65535 - PEER_PORT_OFFSET - args.size  # the last server's peer port is 65535
+    if args.base_port != 0 and not 1 <= args.base_port <= highest:
+        print(
+            f"coord: --base-port must be in 1..{highest} for {args.size} servers (client ports from it, peer ports"
+            f" from it + {PEER_PORT_OFFSET + 1}), or 0 for any free ports; got {args.base_port}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    from coord.testing import HOST
+
+    addresses: _Named = []
+    if args.base_port:
+        for server_id in range(1, args.size + 1):
+            client_port, peer_port = args.base_port + server_id - 1, args.base_port + PEER_PORT_OFFSET + server_id
+            addresses.append((f"client address of server {server_id}", (HOST, client_port), ""))
+            addresses.append((f"peer address of server {server_id}", (HOST, peer_port), ""))
+    problem = _cannot_listen(addresses)
+    if problem is not None:
+        print(f"coord: {problem}", file=sys.stderr)
+        return 1
+    serving: list[bool] = []
     try:
-        trio.run(_run_ensemble, args)
-    except OSError as error:
-        print(f"coord: cannot start the ensemble: {error}", file=sys.stderr)
+        trio.run(_run_ensemble, args, serving)
+    except (Exception, BaseExceptionGroup) as error:
+        message = _explain(
+            error, data_dir=args.data_dir, addresses=addresses, action="start the ensemble", started=bool(serving)
+        )
+        if message is None:
+            raise
+        print(f"coord: {message}", file=sys.stderr)
         return 1
     return 0
 
 
-async def _run_ensemble(args: argparse.Namespace) -> None:
+async def _run_ensemble(args: argparse.Namespace, serving: list[bool]) -> None:
     from coord.testing import open_ensemble
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -201,6 +361,7 @@ async def _run_ensemble(args: argparse.Namespace) -> None:
         ):
             print(f"coord: {args.size}-server ensemble, data in {args.data_dir}", flush=True)
             print(f"coord: connection string {ensemble.connect_string}", flush=True)
+            serving.append(True)
             nursery.start_soon(_print_roles, ensemble)
             async for signum in signals:
                 logging.getLogger("coord").info("received %s; shutting down", signal.Signals(signum).name)
@@ -226,12 +387,13 @@ async def _print_roles(ensemble: Any) -> None:
 
 async def _status(args: argparse.Namespace) -> int:
     failures = []
-    for address in _servers(args).split(","):
+    for address in parse_hosts(args.servers, default_port=None):
+        name = format_address(address)
         try:
             with trio.fail_after(args.timeout):
-                status = await fetch_status(address.strip())
+                status = await fetch_status(name)
         except (OSError, trio.TooSlowError, protocol.ProtocolError) as error:
-            failures.append(f"{address}: {error or type(error).__name__}")
+            failures.append(f"{name}: {error or type(error).__name__}")
             continue
         if args.json:
             print(json.dumps(status, indent=2, sort_keys=True))
@@ -245,14 +407,13 @@ async def _status(args: argparse.Namespace) -> int:
     return EXIT_UNREACHABLE
 
 
-def _split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
 async def fetch_status(address: str) -> dict[str, Any]:
-    """Ask one server for its status over the client port (no session is opened)."""
-    host, port = _split_address(address)
+    """Ask one server for its status over the client port (no session is opened).
+
+    Raises:
+        BadArgumentsError: ``address`` is not ``HOST:PORT`` (or ``[IPV6]:PORT``).
+    """
+    ((host, port),) = parse_hosts(address, default_port=None)
     stream = await trio.open_tcp_stream(host, port)
     async with stream:
         await stream.send_all(protocol.encode_frame(protocol.StatusRequest().to_wire()))
@@ -308,16 +469,20 @@ async def _client_command(args: argparse.Namespace) -> int:
 
     try:
         with trio.fail_after(args.timeout):
-            async with client.connect(_servers(args), session_timeout=max(args.timeout, 2.0)) as zk:
+            # fail_fast: when nothing listens, say so at once rather than after --timeout
+            async with client.connect(args.servers, session_timeout=max(args.timeout, 2.0), fail_fast=True) as zk:
                 return await _run_command(zk, args)
     except trio.TooSlowError:
-        print(f"coord: no answer from {_servers(args)} within {args.timeout}s", file=sys.stderr)
+        print(f"coord: no answer from {args.servers} within {args.timeout:g}s", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except ConnectionLossError as error:
+        print(f"coord: {error}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except CoordError as error:
         print(f"coord: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_API_ERROR
     except OSError as error:
-        print(f"coord: cannot reach {_servers(args)}: {error}", file=sys.stderr)
+        print(f"coord: cannot reach {args.servers}: {error}", file=sys.stderr)
         return EXIT_UNREACHABLE
 
 

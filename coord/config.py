@@ -6,20 +6,28 @@ A complete file, with every key at its default (all keys are optional)::
     id = 1                          # 1..255, unique in the ensemble
     data_dir = "coord-data"         # LMDB log and snapshots; "~" is expanded
     listen = "127.0.0.1:2281"       # HOST:PORT, [IPV6]:PORT or :PORT (loopback); port 0 = ephemeral
-    tick_ms = 1000                  # the unit of session expiry (Zab has its own: ensemble.tick_ms)
+    tick_ms = 1000                  # the unit of session expiry (Zab has its own: ensemble.tick_ms); at most 60000
     max_connections = 10000         # client connections accepted at once
 
     [sessions]
-    min_timeout_ms = 2000           # default 2 * tick_ms
-    max_timeout_ms = 20000          # default 20 * tick_ms
+    min_timeout_ms = 2000           # default 2 * tick_ms; at most one day (86400000)
+    max_timeout_ms = 20000          # default 20 * tick_ms; at most one day (86400000)
 
     [storage]
     snapshot_every_txns = 100000    # take a snapshot after this many txns
     snapshots_retained = 3          # snapshots (and the log they need) kept on disk
-    log_map_bytes = 1073741824      # LMDB map size: the most the log can ever hold
+    log_map_bytes = 1073741824      # LMDB map size: the most the log can ever hold (1 MiB..1 TiB)
 
-    [limits]
+    [limits]                        # see docs/limits.md for what each bounds
     data_bytes_max = 1048576        # largest znode value (ZooKeeper's jute.maxbuffer)
+    txn_bytes_max = 2097152         # largest txn one request may become (makepath parents, multi ops)
+    path_bytes_max = 4096           # longest znode path, in UTF-8 bytes
+    path_depth_max = 256            # most components in a znode path
+    connection_outstanding_max = 1000       # unanswered requests per connection before reading stops
+    connection_inflight_bytes_max = 4194304 # bytes of unanswered requests per connection before reading stops
+    connection_outbox_bytes_max = 1048576   # unsent reply bytes per connection before its reads are held
+    outbox_bytes_total_max = 268435456      # unsent reply bytes of all connections before reads are held
+    connection_stall_ms = 30000             # a connection over its outbox bound this long is closed
 
 Loading is :func:`load_config`: read the file (if any), apply ``overrides`` (dotted
 keys such as ``"server.listen"``, as the CLI's flags give them), check every key and
@@ -38,9 +46,9 @@ None). A replicated ensemble lists every server, this one included; each server
 gets the same file except for ``server.id``::
 
     [ensemble]
-    tick_ms = 100                   # the Zab tick (server.tick_ms is the session tick)
-    init_limit_ticks = 20           # a follower must connect and sync within this many ticks
-    sync_limit_ticks = 5            # a leader or follower unheard this long is given up on
+    tick_ms = 100                   # the Zab tick (server.tick_ms is the session tick); at most 60000
+    init_limit_ticks = 20           # a follower must connect and sync within this many ticks (at most 10000)
+    sync_limit_ticks = 5            # a leader or follower unheard this long is given up on (at most 10000)
 
     [ensemble.servers]              # ID = { peer = HOST:PORT (Zab), client = HOST:PORT }
     1 = { peer = "10.0.0.1:2888", client = "10.0.0.1:2281" }
@@ -64,6 +72,7 @@ import difflib
 import hashlib
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -152,6 +161,14 @@ class ServerConfig:
     snapshots_retained: int = 3
     log_map_bytes: int = 1 << 30
     max_connections: int = 10_000
+    txn_bytes_max: int = 2 << 20
+    path_bytes_max: int = 4096
+    path_depth_max: int = 256
+    connection_outstanding_max: int = 1000
+    connection_inflight_bytes_max: int = 4 << 20
+    connection_outbox_bytes_max: int = 1 << 20
+    outbox_bytes_total_max: int = 256 << 20
+    connection_stall_ms: int = 30_000
     ensemble: EnsembleConfig | None = None  # None: standalone
     fault_hooks: bool = False  # tests only; not settable from TOML
 
@@ -223,6 +240,40 @@ def _positive(key: str, value: object) -> int:
     return _integer(key, value, low=1, what="a positive integer")
 
 
+def _at_most(high: int, unit: str = "") -> Callable[[str, object], int]:
+    """A check for a positive integer no larger than ``high`` (the message keeps
+    "a positive integer" for values of the wrong type or sign)."""
+
+    def check(key: str, value: object) -> int:
+        value = _positive(key, value)
+        if value > high:
+            raise ConfigError(f"{key}: must be at most {high}{unit}, got {_describe(value)}")
+        return value
+
+    return check
+
+
+# Times are bounded so that a typo (tick_ms = 10**14) is an error, not a server that
+# never ticks; the bounds are far beyond any sane setting.
+_TICK_MS_MAX = 60_000  # one minute
+_SESSION_TIMEOUT_MS_MAX = 24 * 3600 * 1000  # one day
+_LIMIT_TICKS_MAX = 10_000
+# The LMDB map is reserved address space: at least 1 MiB, at most what a 64-bit
+# process can map with room to spare (1 TiB), or 1 GiB on a 32-bit platform.
+_LOG_MAP_BYTES_MIN = 1 << 20
+_LOG_MAP_BYTES_MAX, _LOG_MAP_BYTES_MAX_TEXT = (1 << 40, "1 TiB") if sys.maxsize > 2**32 else (1 << 30, "1 GiB")
+
+
+def _check_log_map_bytes(key: str, value: object) -> int:
+    return _integer(
+        key,
+        value,
+        low=_LOG_MAP_BYTES_MIN,
+        high=_LOG_MAP_BYTES_MAX,
+        what=f"an integer in {_LOG_MAP_BYTES_MIN}..{_LOG_MAP_BYTES_MAX} (1 MiB..{_LOG_MAP_BYTES_MAX_TEXT})",
+    )
+
+
 def _string(key: str, value: object) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{key}: must be a non-empty string, got {_describe(value)}")
@@ -264,6 +315,26 @@ def _check_listen(key: str, value: object) -> dict[str, object]:
 
 def _check_data_bytes_max(key: str, value: object) -> int:
     return _integer(key, value, low=1, high=_DATA_BYTES_MAX_LIMIT, what=f"an integer in 1..{_DATA_BYTES_MAX_LIMIT}")
+
+
+# A txn travels to the followers inside one peer frame (coord.peer's limit), with room for
+# the proposal's own fields.
+_TXN_BYTES_MAX_LIMIT = 32 << 20
+_PATH_BYTES_MAX_LIMIT = 1 << 16
+_PATH_DEPTH_MAX_LIMIT = 4096
+
+
+def _check_txn_bytes_max(key: str, value: object) -> int:
+    low = 64 * 1024
+    return _integer(key, value, low=low, high=_TXN_BYTES_MAX_LIMIT, what=f"an integer in {low}..{_TXN_BYTES_MAX_LIMIT}")
+
+
+def _check_path_bytes_max(key: str, value: object) -> int:
+    return _integer(key, value, low=2, high=_PATH_BYTES_MAX_LIMIT, what=f"an integer in 2..{_PATH_BYTES_MAX_LIMIT}")
+
+
+def _check_path_depth_max(key: str, value: object) -> int:
+    return _integer(key, value, low=1, high=_PATH_DEPTH_MAX_LIMIT, what=f"an integer in 1..{_PATH_DEPTH_MAX_LIMIT}")
 
 
 _MEMBER_KEYS = ("peer", "client")
@@ -324,25 +395,33 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "id": _Key(_field("server_id", _check_server_id)),
         "data_dir": _Key(_check_data_dir, is_int=False),
         "listen": _Key(_check_listen, is_int=False),
-        "tick_ms": _Key(_field("tick_ms")),
+        "tick_ms": _Key(_field("tick_ms", _at_most(_TICK_MS_MAX, " (one minute)"))),
         "max_connections": _Key(_field("max_connections")),
     },
     "sessions": {
-        "min_timeout_ms": _Key(_field("min_session_timeout_ms")),
-        "max_timeout_ms": _Key(_field("max_session_timeout_ms")),
+        "min_timeout_ms": _Key(_field("min_session_timeout_ms", _at_most(_SESSION_TIMEOUT_MS_MAX, " (one day)"))),
+        "max_timeout_ms": _Key(_field("max_session_timeout_ms", _at_most(_SESSION_TIMEOUT_MS_MAX, " (one day)"))),
     },
     "storage": {
         "snapshot_every_txns": _Key(_field("snapshot_every_txns")),
         "snapshots_retained": _Key(_field("snapshots_retained")),
-        "log_map_bytes": _Key(_field("log_map_bytes")),
+        "log_map_bytes": _Key(_field("log_map_bytes", _check_log_map_bytes)),
     },
     "limits": {
         "data_bytes_max": _Key(_field("data_bytes_max", _check_data_bytes_max)),
+        "txn_bytes_max": _Key(_field("txn_bytes_max", _check_txn_bytes_max)),
+        "path_bytes_max": _Key(_field("path_bytes_max", _check_path_bytes_max)),
+        "path_depth_max": _Key(_field("path_depth_max", _check_path_depth_max)),
+        "connection_outstanding_max": _Key(_field("connection_outstanding_max")),
+        "connection_inflight_bytes_max": _Key(_field("connection_inflight_bytes_max")),
+        "connection_outbox_bytes_max": _Key(_field("connection_outbox_bytes_max")),
+        "outbox_bytes_total_max": _Key(_field("outbox_bytes_total_max")),
+        "connection_stall_ms": _Key(_field("connection_stall_ms")),
     },
     "ensemble": {
-        "tick_ms": _Key(_field("ensemble_tick_ms")),
-        "init_limit_ticks": _Key(_field("ensemble_init_limit_ticks")),
-        "sync_limit_ticks": _Key(_field("ensemble_sync_limit_ticks")),
+        "tick_ms": _Key(_field("ensemble_tick_ms", _at_most(_TICK_MS_MAX, " (one minute)"))),
+        "init_limit_ticks": _Key(_field("ensemble_init_limit_ticks", _at_most(_LIMIT_TICKS_MAX))),
+        "sync_limit_ticks": _Key(_field("ensemble_sync_limit_ticks", _at_most(_LIMIT_TICKS_MAX))),
         "servers": _Key(_check_servers, is_int=False),
     },
 }
@@ -470,6 +549,17 @@ def load_config(path: Path | None = None, *, overrides: Mapping[str, object] | N
         minimum, maximum = (minimum, minimum) if has_min else (maximum, maximum)
     values["min_session_timeout_ms"] = minimum
     values["max_session_timeout_ms"] = maximum
+
+    # One value must fit in one txn, with room for its path and fields.
+    data_bytes_max = values.get("data_bytes_max", _DEFAULTS.data_bytes_max)
+    txn_bytes_max = values.get("txn_bytes_max", _DEFAULTS.txn_bytes_max)
+    assert isinstance(data_bytes_max, int) and isinstance(txn_bytes_max, int)
+    if txn_bytes_max < data_bytes_max + FRAME_OVERHEAD_BYTES:
+        key = "limits.txn_bytes_max" if "txn_bytes_max" in values else "limits.data_bytes_max"
+        raise ConfigError(
+            f"{key}: limits.txn_bytes_max ({txn_bytes_max}) must be at least limits.data_bytes_max "
+            f"({data_bytes_max}) + {FRAME_OVERHEAD_BYTES} (a value must fit in one txn with its path)"
+        )
 
     # an empty [ensemble] table counts as given (and so lacks its servers)
     if "ensemble" in document or any(dotted.startswith("ensemble.") for dotted in flat):

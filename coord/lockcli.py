@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import math
 import os
 import signal
 import socket
@@ -61,6 +62,7 @@ from typing import Any
 import trio
 
 import client
+from client._connection import parse_hosts
 from recipes import LeaderElection, Lock, LockLostError, LockTimeoutError
 
 DEFAULT_SERVERS = "127.0.0.1:2281"
@@ -78,14 +80,64 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1
 
 
+class UsageError(Exception):
+    """Bad usage that the argument parser cannot see (exit status 2); the message says what."""
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, 0 or more, got {text!r}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a finite, positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds, got {text!r}")
+    return value
+
+
+def server_list(args: argparse.Namespace) -> str:
+    """The server list: ``--server``, else ``$COORD_SERVERS`` (if set and not empty),
+    else the default; every entry must be ``HOST:PORT``.
+
+    Raises:
+        UsageError: the list is empty, has an empty entry, or an entry without a port or
+            with a port out of range; the message names where the list came from.
+    """
+    if args.server is not None:
+        source, text = "--server", args.server
+    elif os.environ.get("COORD_SERVERS"):
+        source, text = "$COORD_SERVERS", os.environ["COORD_SERVERS"]
+    else:
+        return DEFAULT_SERVERS
+    try:
+        parse_hosts(text, default_port=None)
+    except client.BadArgumentsError as error:
+        raise UsageError(f"{source}: {error}") from None
+    return text
+
+
 def add_subcommands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``lock`` and ``elect`` to the ``coord`` command's subparsers."""
 
     def common(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--server", default=None, help="host:port,... (default: $COORD_SERVERS or 127.0.0.1:2281)")
-        sub.add_argument("--grace", type=float, default=2.0, help="seconds between SIGTERM and SIGKILL (default 2)")
+        sub.add_argument("--grace", type=seconds, default=2.0, help="seconds between SIGTERM and SIGKILL (default 2)")
         sub.add_argument(
-            "--session-timeout", type=float, default=10.0, help="session timeout to ask for, seconds (default 10)"
+            "--session-timeout",
+            type=positive_seconds,
+            default=10.0,
+            help="session timeout to ask for, seconds (default 10)",
         )
         sub.add_argument("--identifier", default=None, help="shown to other contenders (default: host:pid)")
 
@@ -108,7 +160,7 @@ def _add_parsers(commands: argparse._SubParsersAction, common: Callable[[argpars
     )
     lock.add_argument("path", help="the lock's node, e.g. /locks/backup")
     wait = lock.add_mutually_exclusive_group()
-    wait.add_argument("--timeout", type=float, default=None, help="give up (status 75) after this many seconds")
+    wait.add_argument("--timeout", type=seconds, default=None, help="give up (status 75) after this many seconds")
     wait.add_argument("--nonblocking", action="store_true", help="give up (status 75) at once if the lock is held")
     common(lock)
 
@@ -147,14 +199,12 @@ def run(args: argparse.Namespace) -> int:
     if not command:
         print(f"coord {args.command}: no command given (coord {args.command} ... -- CMD ARGS)", file=sys.stderr)
         return EXIT_USAGE
-    if args.grace < 0 or args.session_timeout <= 0 or (getattr(args, "timeout", None) or 0) < 0:
-        print(f"coord {args.command}: times must not be negative", file=sys.stderr)
+    try:
+        args.servers = server_list(args)
+    except UsageError as error:
+        print(f"coord {args.command}: {error}", file=sys.stderr)
         return EXIT_USAGE
     return trio.run(_main, args, command)
-
-
-def _servers(args: argparse.Namespace) -> str:
-    return args.server or os.environ.get("COORD_SERVERS") or DEFAULT_SERVERS
 
 
 def _say(args: argparse.Namespace, message: str) -> None:
@@ -188,7 +238,7 @@ async def _forward_signals(signals: Any, child: _Child, main_scope: trio.CancelS
 
 
 async def _hold_and_run(args: argparse.Namespace, child: _Child) -> int:
-    servers = _servers(args)
+    servers = args.servers
     identifier = args.identifier or f"{socket.gethostname()}:{os.getpid()}"
     try:
         async with client.connect(servers, session_timeout=args.session_timeout) as zk:
@@ -328,6 +378,10 @@ __all__ = [
     "EXIT_NOT_ACQUIRED",
     "EXIT_NOT_FOUND",
     "EXIT_UNAVAILABLE",
+    "UsageError",
     "add_subcommands",
+    "positive_seconds",
     "run",
+    "seconds",
+    "server_list",
 ]

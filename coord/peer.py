@@ -282,6 +282,17 @@ class PeerTransport:
         self._incoming.clear()
         self._unidentified.clear()
 
+    def disconnect(self, target: int, reason: str) -> None:
+        """Drop both links with ``target`` now (it sent something malformed, or a message
+        for it could not be sent); the outgoing one is redialed with backoff."""
+        log.warning("dropping the links with server %d: %s", target, reason)
+        link = self._links.get(target)
+        if link is not None:
+            self._break(link)
+        scope = self._incoming.get(target)
+        if scope is not None:
+            scope.cancel()
+
     def heal(self) -> None:
         """Undo :meth:`isolate`: the links are dialed and accepted again."""
         if not self._is_isolated:

@@ -52,6 +52,25 @@ Ensemble
     xids only grow). A sync is answered once the leader's quorum round confirmed
     its leadership and this server applied every commit before it.
 
+Backpressure (docs/limits.md)
+    Memory is bounded by configuration, not by clients. Per connection the pipeline
+    counts the requests not yet answered and their bytes, and the reply bytes handed
+    to the shell but not yet reported sent (:meth:`Pipeline.sent`). A connection over
+    ``connection_outstanding_max`` requests or ``connection_inflight_bytes_max`` request
+    bytes, or over ``connection_outbox_bytes_max`` unsent bytes, is *paused*:
+    :meth:`Pipeline.wants_input` says False and the shell stops reading its socket, so
+    TCP pushes back on the client; ``resume`` in the output says when to read again.
+    A read is served only while its connection is under its outbox bound and all
+    connections together are under ``outbox_bytes_total_max``; otherwise it waits in
+    the connection's queue (in order) until the bytes drain. Watch events and write
+    replies cannot wait (their order is part of the contract), so a connection whose
+    unsent bytes pass ``connection_outbox_bytes_max + frame_bytes_max`` (only a client
+    that does not read gets there), or that stays over its bound for
+    ``connection_stall_ms`` without a completed send, or that holds over
+    :data:`SHED_BYTES` while all connections together are over
+    ``outbox_bytes_total_max``, is *aborted*: closed at once, its queued bytes
+    dropped, with a logged reason. Its session lives on.
+
 Left out here (later issues): ACLs, quotas.
 """
 
@@ -64,9 +83,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-import cbor2
-
 from coord import protocol
+from coord.appmsg import decode_app, encode_app
 from coord.errors import (
     BadArgumentsError,
     CoordError,
@@ -77,7 +95,7 @@ from coord.errors import (
     SessionExpiredError,
     UnimplementedError,
 )
-from coord.prepare import Preparer
+from coord.prepare import PATH_BYTES_MAX_DEFAULT, PATH_DEPTH_MAX_DEFAULT, TXN_BYTES_MAX_DEFAULT, Preparer
 from coord.protocol import (
     AddWatchMode,
     AddWatchRequest,
@@ -113,10 +131,9 @@ _ORDERED_REQUESTS = frozenset(
 )
 """Requests that need the leader (everything else is served from the local tree)."""
 
-
-def _encode_app(item: list[Any]) -> bytes:
-    """An application message between the leader and a follower (CBOR array)."""
-    return cbor2.dumps(item)
+SHED_BYTES = 64 * 1024
+"""While all connections' unsent bytes are over ``outbox_bytes_total_max``, a connection
+holding more than this that is sent a watch event or write reply is closed."""
 
 
 class EntryKind(enum.Enum):
@@ -143,6 +160,7 @@ class _Entry:
     frame: bytes | None = None  # the answer, once known
     close_after: bool = False
     zxid: int = 0  # a write's txn
+    size: int = 0  # the request's frame bytes (counted in the connection's in-flight bytes)
 
 
 @dataclass(slots=True)
@@ -153,6 +171,10 @@ class _Connection:
     timeout_ms: int = 0
     queue: collections.deque[_Entry] = field(default_factory=collections.deque)
     closed: bool = False
+    inflight_bytes: int = 0  # request bytes of the entries in ``queue``
+    unsent: int = 0  # reply bytes handed to the shell and not yet reported sent
+    over_since_ms: int | None = None  # when ``unsent`` last went over the outbox bound
+    paused: bool = False  # the shell was told to stop reading it
 
 
 @dataclass(slots=True)
@@ -165,6 +187,9 @@ class Output:
     to_leader: list[bytes] = field(default_factory=list)  # follower: forwarded requests, touches, syncs
     to_followers: list[tuple[int, bytes]] = field(default_factory=list)  # leader: (server id, sync answer)
     barriers: list[tuple[int, int, int]] = field(default_factory=list)  # leader: (origin server, session, xid)
+    abort: list[int] = field(default_factory=list)  # connections to close now, dropping what is unsent
+    bad_peers: list[int] = field(default_factory=list)  # servers that sent a malformed message: drop their link
+    resume: list[int] = field(default_factory=list)  # paused connections to read again
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -174,6 +199,19 @@ class PipelineConfig:
     min_session_timeout_ms: int = 2000
     max_session_timeout_ms: int = 20000
     data_bytes_max: int = protocol.DATA_BYTES_MAX_DEFAULT
+    txn_bytes_max: int = TXN_BYTES_MAX_DEFAULT
+    path_bytes_max: int = PATH_BYTES_MAX_DEFAULT
+    path_depth_max: int = PATH_DEPTH_MAX_DEFAULT
+    connection_outstanding_max: int = 1000
+    connection_inflight_bytes_max: int = 4 << 20
+    connection_outbox_bytes_max: int = 1 << 20
+    outbox_bytes_total_max: int = 256 << 20
+    connection_stall_ms: int = 30_000
+
+    @property
+    def outbox_abort_bytes(self) -> int:
+        """Unsent bytes past which a connection is aborted: its bound plus one largest reply."""
+        return self.connection_outbox_bytes_max + protocol.frame_bytes_max(self.data_bytes_max)
 
 
 class Pipeline:
@@ -205,7 +243,7 @@ class Pipeline:
         """
         self.tree = tree
         self.config = config
-        self.preparer = Preparer(tree, data_bytes_max=config.data_bytes_max)
+        self.preparer = self._new_preparer(tree)
         self.sessions = SessionTracker(
             tick_ms=config.tick_ms,
             min_timeout_ms=config.min_session_timeout_ms,
@@ -222,8 +260,21 @@ class Pipeline:
         self.epoch = epoch
         self.mode = mode
         self._touched: set[int] = set()  # follower: sessions active since the last report
+        self._unsent_total = 0  # unsent reply bytes of all connections
+        self._held: set[int] = set()  # connections with a read held for the total outbox bound
+        self._offline_error: CoordError | None = None  # what writes get while OFFLINE (None: NotLeaderError)
         self.preparer.reset(self._zxid_floor())
         self._track_all_sessions(now_ms)
+
+    def _new_preparer(self, tree: DataTree) -> Preparer:
+        config = self.config
+        return Preparer(
+            tree,
+            data_bytes_max=config.data_bytes_max,
+            txn_bytes_max=config.txn_bytes_max,
+            path_bytes_max=config.path_bytes_max,
+            path_depth_max=config.path_depth_max,
+        )
 
     def _track_all_sessions(self, now_ms: int) -> None:
         """Give every session of the tree a fresh full timeout (as ZooKeeper does after
@@ -252,6 +303,11 @@ class Pipeline:
         self.mode = Mode.FOLLOWER
         self._touched = set(self._conn_of_session)
 
+    def set_offline_error(self, error: CoordError | None) -> None:
+        """What writes are answered while OFFLINE (the shell sets a StorageFullError
+        while its disk is full; None: ``NotLeaderError``, no leader right now)."""
+        self._offline_error = error
+
     def go_offline(self, error: CoordError, *, disconnect: bool = True) -> None:
         """No established leader any more: everything in flight is answered with
         ``error``. With ``disconnect`` every client is disconnected too, so clients
@@ -269,7 +325,7 @@ class Pipeline:
         """Replace the state with a snapshot received from the leader (SNAP)."""
         assert self.mode is Mode.OFFLINE
         self.tree = tree
-        self.preparer = Preparer(tree, data_bytes_max=self.config.data_bytes_max)
+        self.preparer = self._new_preparer(tree)
         self._track_all_sessions(self._now_ms)
 
     def _zxid_floor(self) -> int:
@@ -287,9 +343,89 @@ class Pipeline:
         self._out = Output()
         return out
 
-    def _send(self, conn: _Connection, frame: bytes) -> None:
-        if not conn.closed:
-            self._out.frames.append((conn.conn_id, frame))
+    def _send(self, conn: _Connection, frame: bytes, *, gated: bool = False) -> None:
+        """Queue ``frame`` for the connection and count it. ``gated``: a read reply that
+        :meth:`_may_serve` allowed (only frames that cannot wait are shed)."""
+        if conn.closed:
+            return
+        self._out.frames.append((conn.conn_id, frame))
+        size = len(frame)
+        conn.unsent += size
+        self._unsent_total += size
+        config = self.config
+        if conn.unsent > config.connection_outbox_bytes_max:
+            if conn.over_since_ms is None:
+                conn.over_since_ms = self._now_ms
+            if conn.unsent > config.outbox_abort_bytes:
+                self._abort(conn, f"{conn.unsent} reply bytes unsent (limit {config.outbox_abort_bytes})")
+                return
+        if not gated and self._unsent_total > config.outbox_bytes_total_max and conn.unsent > SHED_BYTES:
+            # Every connection's replies together are over the server's bound, and this
+            # one holds more than its share: shed it rather than grow (docs/limits.md).
+            self._abort(conn, f"{conn.unsent} reply bytes unsent while the server holds {self._unsent_total}")
+
+    def _abort(self, conn: _Connection, why: str) -> None:
+        """Close a connection that does not read what it is sent. Its session lives on."""
+        log.warning(
+            "connection %d (session %#x) is not reading its replies: %s; closing it", conn.conn_id, conn.session_id, why
+        )
+        self._out.abort.append(conn.conn_id)
+        self._drop(conn)
+
+    def sent(self, conn_id: int, size: int, now_ms: int) -> None:
+        """The shell finished sending ``size`` bytes of the frames given for ``conn_id``."""
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return
+        self._now_ms = now_ms
+        conn.unsent -= size
+        self._unsent_total -= size
+        conn.over_since_ms = None if conn.unsent <= self.config.connection_outbox_bytes_max else self._now_ms
+        self._flush(conn)
+        if self._held and self._unsent_total < self.config.outbox_bytes_total_max:
+            held, self._held = self._held, set()
+            for held_id in held:
+                other = self._conns.get(held_id)
+                if other is not None:
+                    self._flush(other)
+        self._maybe_resume(conn)
+
+    def _may_serve(self, conn: _Connection) -> bool:
+        """Whether a read may add to this connection's unsent bytes now."""
+        if conn.unsent >= self.config.connection_outbox_bytes_max:
+            return False
+        if self._unsent_total >= self.config.outbox_bytes_total_max:
+            self._held.add(conn.conn_id)
+            return False
+        return True
+
+    def _accepts(self, conn: _Connection) -> bool:
+        config = self.config
+        return (
+            conn.session_id != 0
+            and len(conn.queue) < config.connection_outstanding_max
+            and conn.inflight_bytes < config.connection_inflight_bytes_max
+            and conn.unsent < config.connection_outbox_bytes_max
+        )
+
+    def wants_input(self, conn_id: int) -> bool:
+        """Whether the shell should read more requests from this connection now.
+
+        False while its handshake is being answered (a request pipelined behind it
+        waits for the session), or while it is over one of its bounds; the conn id
+        then appears in a later output's ``resume`` when it may be read again."""
+        conn = self._conns.get(conn_id)
+        if conn is None or conn.closed:
+            return False
+        if self._accepts(conn):
+            return True
+        conn.paused = True
+        return False
+
+    def _maybe_resume(self, conn: _Connection) -> None:
+        if conn.paused and not conn.closed and self._accepts(conn):
+            conn.paused = False
+            self._out.resume.append(conn.conn_id)
 
     def _propose(self, txn: Txn) -> None:
         self._out.proposals.append(txn)
@@ -330,10 +466,16 @@ class Pipeline:
                     )
                 )
             else:
-                self._out.to_leader.append(_encode_app(["s", password, timeout_ms]))
+                self._out.to_leader.append(encode_app(["s", password, timeout_ms]))
             return
         record = self.tree.sessions.get(handshake.session_id)
-        if record is None or record.password != handshake.password or not self._touch(handshake.session_id, now_ms):
+        if record is not None and record.password != handshake.password:
+            # ZooKeeper answers a wrong password as an expired session (the client gives
+            # it up either way); the message must not claim it expired.
+            message = f"session {handshake.session_id:#x} has expired or its password is wrong"
+            self._refuse(conn, SessionExpiredError(message))
+            return
+        if record is None or not self._touch(handshake.session_id, now_ms):
             self._refuse(conn, SessionExpiredError(f"session {handshake.session_id:#x} has expired"))
             return
         previous = self._conn_of_session.get(handshake.session_id)
@@ -356,6 +498,7 @@ class Pipeline:
             server_id=self.config.server_id,
         )
         self._send(conn, _encode_frame(reply.to_wire()))
+        self._maybe_resume(conn)
 
     def _refuse(self, conn: _Connection, error: CoordError) -> None:
         self._send(conn, _encode_frame(protocol.handshake_error(error.code, str(error))))
@@ -374,11 +517,29 @@ class Pipeline:
     def _drop(self, conn: _Connection) -> None:
         conn.closed = True
         self._conns.pop(conn.conn_id, None)
+        self._unsent_total -= conn.unsent
+        conn.unsent = 0
+        self._held.discard(conn.conn_id)
         if conn.session_id and self._conn_of_session.get(conn.session_id) is conn:
             del self._conn_of_session[conn.session_id]
             self.watches.remove_watcher(conn.session_id)
         if conn.password and self._handshakes.get(conn.password) is conn:
             del self._handshakes[conn.password]
+
+    def has_connection(self, conn_id: int) -> bool:
+        return conn_id in self._conns
+
+    def refuse_request(self, conn_id: int, xid: int, error: CoordError) -> None:
+        """A request frame that could not be decoded but whose xid could: answer it with
+        ``error`` in its turn (after the answers to the requests before it)."""
+        conn = self._conns.get(conn_id)
+        if conn is None or conn.closed or not conn.session_id:
+            return
+        frame = self._error_frame(xid, error)
+        if conn.queue:
+            conn.queue.append(_Entry(xid, EntryKind.READ, None, frame=frame))
+        else:
+            self._send(conn, frame)
 
     def session_of(self, conn_id: int) -> int:
         conn = self._conns.get(conn_id)
@@ -386,8 +547,11 @@ class Pipeline:
 
     # --- requests -----------------------------------------------------------------
 
-    def request(self, conn_id: int, xid: int, request: Request, now_ms: int) -> None:
-        """A decoded request on a connection whose handshake completed."""
+    def request(self, conn_id: int, xid: int, request: Request, now_ms: int, size: int = 0) -> None:
+        """A decoded request on a connection whose handshake completed.
+
+        ``size`` is the request frame's bytes, counted against the connection's
+        in-flight bound while the request waits for its answer."""
         conn = self._conns.get(conn_id)
         if conn is None or conn.closed:
             return
@@ -407,7 +571,7 @@ class Pipeline:
         if self.mode is Mode.OFFLINE and type(request) in _ORDERED_REQUESTS:
             # No leader to order it (the connection stays for reads; a disk error or
             # an election is being recovered from). The client may retry.
-            error_frame = self._error_frame(xid, NotLeaderError("no leader right now; retry"))
+            error_frame = self._error_frame(xid, self._offline_error or NotLeaderError("no leader right now; retry"))
             if conn.queue:
                 conn.queue.append(_Entry(xid, EntryKind.READ, None, frame=error_frame))
             else:
@@ -416,29 +580,34 @@ class Pipeline:
         match request:
             case CreateRequest() | DeleteRequest() | SetDataRequest() | MultiRequest() | CloseSessionRequest():
                 close_after = type(request) is CloseSessionRequest
+                conn.inflight_bytes += size
                 if self.mode is Mode.LEADER:
                     txn = self._prepare_write(session_id, xid, request, now_ms)
-                    conn.queue.append(_Entry(xid, EntryKind.WRITE, request, close_after=close_after, zxid=txn.zxid))
+                    conn.queue.append(
+                        _Entry(xid, EntryKind.WRITE, None, close_after=close_after, zxid=txn.zxid, size=size)
+                    )
                     self._propose(txn)
                 else:
-                    conn.queue.append(_Entry(xid, EntryKind.WRITE, request, close_after=close_after))
+                    conn.queue.append(_Entry(xid, EntryKind.WRITE, None, close_after=close_after, size=size))
                     self._out.to_leader.append(
-                        _encode_app(["w", session_id, xid, protocol.encode_request(xid, request)])
+                        encode_app(["w", session_id, xid, protocol.encode_request(xid, request)])
                     )
             case SyncRequest():
                 # Linearizable: answered only after the leader confirmed with a quorum
                 # that it still leads (CORRECTNESS rule 8), and after this server
                 # applied everything committed before that.
-                conn.queue.append(_Entry(xid, EntryKind.SYNC, request))
+                conn.inflight_bytes += size
+                conn.queue.append(_Entry(xid, EntryKind.SYNC, request, size=size))
                 if self.mode is Mode.LEADER:
                     self._out.barriers.append((self.config.server_id, session_id, xid))
                 else:
-                    self._out.to_leader.append(_encode_app(["y", session_id, xid]))
+                    self._out.to_leader.append(encode_app(["y", session_id, xid]))
             case _:
-                if conn.queue:
-                    conn.queue.append(_Entry(xid, EntryKind.READ, request))
+                if conn.queue or not self._may_serve(conn):
+                    conn.inflight_bytes += size
+                    conn.queue.append(_Entry(xid, EntryKind.READ, request, size=size))
                 else:
-                    self._send(conn, self._read(conn, xid, request))
+                    self._send(conn, self._read(conn, xid, request), gated=True)
 
     def _touch(self, session_id: int, now_ms: int) -> bool:
         """Note a session's activity. The leader's tracker decides expiry; a follower
@@ -461,47 +630,53 @@ class Pipeline:
     # --- messages between the leader and the followers -------------------------------
 
     def from_follower(self, source: int, payload: bytes, now_ms: int) -> None:
-        """Leader: a follower forwarded a request, a session report or a sync."""
+        """Leader: a follower forwarded a request, a session report or a sync.
+
+        A malformed message is dropped with a logged reason and the sender is put in
+        the output's ``bad_peers`` (the shell drops that link); it never raises."""
         if self.mode is not Mode.LEADER:
             return  # a stale message for an old leadership; the follower times out
         self._now_ms = now_ms
         try:
-            item = cbor2.loads(payload)
-            kind = item[0]
-            if kind == "w":
-                session_id, xid = int(item[1]), int(item[2])
-                _xid, request = protocol.decode_request(item[3])
+            message = decode_app(payload)
+        except protocol.ProtocolError as error:
+            log.warning("malformed message from server %d (%s); dropping its link", source, error)
+            self._out.bad_peers.append(source)
+            return
+        match message:
+            case ("w", session_id, xid, request):
                 self.sessions.touch(session_id, now_ms)
                 self._propose(self._prepare_write(session_id, xid, request, now_ms))
-            elif kind == "s":
-                password, timeout_ms = bytes(item[1]), self.sessions.negotiate(int(item[2]))
+            case ("s", password, timeout_ms):
                 self._propose(
                     self.preparer.prepare_create_session(
-                        timeout_ms=timeout_ms, password=password, time_ms=self._wall(now_ms)
+                        timeout_ms=self.sessions.negotiate(timeout_ms), password=password, time_ms=self._wall(now_ms)
                     )
                 )
-            elif kind == "t":
-                for session_id in item[1]:
-                    self.sessions.touch(int(session_id), now_ms)
-            elif kind == "y":
-                self._out.barriers.append((source, int(item[1]), int(item[2])))
-            else:
-                raise ValueError(f"unknown kind {kind!r}")
-        except (ValueError, TypeError, IndexError, protocol.ProtocolError, cbor2.CBORDecodeError) as error:
-            log.warning("dropping a malformed message from server %d: %s", source, error)
+            case ("t", touched):
+                for session_id in touched:
+                    self.sessions.touch(session_id, now_ms)
+            case ("y", session_id, xid):
+                self._out.barriers.append((source, session_id, xid))
 
-    def from_leader(self, payload: bytes) -> None:
+    def from_leader(self, source: int, payload: bytes) -> None:
         """Follower: the leader answered a forwarded sync (after the commits before it)."""
-        item = cbor2.loads(payload)
-        if item[0] == "y":
-            self._sync_done(int(item[1]), int(item[2]))
+        try:
+            message = decode_app(payload)
+        except protocol.ProtocolError as error:
+            log.warning("malformed message from server %d (%s); dropping its link", source, error)
+            self._out.bad_peers.append(source)
+            return
+        match message:
+            case ("y", session_id, xid):
+                self._sync_done(session_id, xid)
 
     def barrier_done(self, origin: int, session_id: int, xid: int) -> None:
         """Leader: the quorum round for a sync completed."""
         if origin == self.config.server_id:
             self._sync_done(session_id, xid)
         else:
-            self._out.to_followers.append((origin, _encode_app(["y", session_id, xid])))
+            self._out.to_followers.append((origin, encode_app(["y", session_id, xid])))
 
     def _sync_done(self, session_id: int, xid: int) -> None:
         conn = self._conn_of_session.get(session_id)
@@ -628,19 +803,21 @@ class Pipeline:
         """Send answers from the head of the queue while they are known (serving
         reads that were waiting behind a write as they come to the head)."""
         queue = conn.queue
-        while queue:
+        while queue and not conn.closed:
             head = queue[0]
             if head.frame is None:
-                if head.kind is not EntryKind.READ:
-                    return
+                if head.kind is not EntryKind.READ or not self._may_serve(conn):
+                    break
                 assert head.request is not None
                 head.frame = self._read(conn, head.xid, head.request)
             queue.popleft()
-            self._send(conn, head.frame)
+            conn.inflight_bytes -= head.size
+            self._send(conn, head.frame, gated=head.kind is EntryKind.READ)
             if head.close_after:
                 self._out.close.append(conn.conn_id)
                 self._drop(conn)
                 return
+        self._maybe_resume(conn)
 
     def _fire(self, events: list[tuple[protocol.EventType, str]], zxid: int) -> None:
         conn_of_session = self._conn_of_session
@@ -697,12 +874,17 @@ class Pipeline:
     # --- time -----------------------------------------------------------------------
 
     def tick(self, now_ms: int) -> None:
-        """Time passed: expire sessions, remove empty containers and expired TTL nodes."""
+        """Time passed: close stalled connections; expire sessions, remove empty
+        containers and expired TTL nodes."""
         self._now_ms = now_ms
+        stall_ms = self.config.connection_stall_ms
+        for conn in list(self._conns.values()):
+            if conn.over_since_ms is not None and now_ms - conn.over_since_ms >= stall_ms:
+                self._abort(conn, f"{conn.unsent} reply bytes unsent for {now_ms - conn.over_since_ms} ms")
         if self.mode is Mode.FOLLOWER:
             touched = self.take_touches()
             if touched:
-                self._out.to_leader.append(_encode_app(["t", touched]))
+                self._out.to_leader.append(encode_app(["t", touched]))
             return
         if self.mode is not Mode.LEADER:
             return
@@ -739,4 +921,5 @@ class Pipeline:
             "connections": len(self._conns),
             "watches": self.watches.count(),
             "pending_txns": self.preparer.pending_count,
+            "unsent_bytes": self._unsent_total,
         }

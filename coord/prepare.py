@@ -44,6 +44,14 @@ Where we differ from ZooKeeper
     - A container/TTL cleanup that is no longer due returns None (no zxid taken)
       instead of ordering an error txn.
     - A failed session check on a multi answers the plain error (not per-op codes).
+    - Size limits are explicit (docs/limits.md): a created path may be at most
+      ``path_bytes_max`` UTF-8 bytes and ``path_depth_max`` components, and the txn a
+      request becomes (its values, paths and the parents a ``makepath`` adds, summed
+      over a multi's ops) at most ``txn_bytes_max``. ZooKeeper has only jute.maxbuffer,
+      checked on the *request*; we check the txn, because ``makepath`` makes the txn
+      grow with the square of the depth (a 20 KB request became a 100 MB proposal that
+      no peer frame could carry). Every refusal is BadArguments with a message saying
+      which limit, and nothing is proposed but the small error txn.
 """
 
 from __future__ import annotations
@@ -90,6 +98,12 @@ from coord.txn import (
     TxnBody,
 )
 
+PATH_BYTES_MAX_DEFAULT: Final = 4096
+PATH_DEPTH_MAX_DEFAULT: Final = 256
+TXN_BYTES_MAX_DEFAULT: Final = 2 << 20
+_TXN_FIELD_BYTES: Final = 32
+"""An allowance per op for its kind, mode, owner, TTL and CBOR headers."""
+
 _MISSING: Final = object()
 _PERSISTENT: Final = CreateMode.PERSISTENT
 
@@ -123,14 +137,38 @@ Writes = dict[str, Node | None]
 class Preparer:
     """Prepares write requests into txns against the pending state. Pure: no I/O, no clock."""
 
-    __slots__ = ("_changes", "_data_bytes_max", "_ephemerals", "_next_zxid", "_outstanding", "_sessions", "_tree")
+    __slots__ = (
+        "_changes",
+        "_data_bytes_max",
+        "_ephemerals",
+        "_next_zxid",
+        "_outstanding",
+        "_path_bytes_max",
+        "_path_depth_max",
+        "_sessions",
+        "_tree",
+        "_txn_bytes_max",
+    )
 
-    def __init__(self, tree: DataTree, *, data_bytes_max: int = DATA_BYTES_MAX_DEFAULT) -> None:
+    def __init__(
+        self,
+        tree: DataTree,
+        *,
+        data_bytes_max: int = DATA_BYTES_MAX_DEFAULT,
+        txn_bytes_max: int = TXN_BYTES_MAX_DEFAULT,
+        path_bytes_max: int = PATH_BYTES_MAX_DEFAULT,
+        path_depth_max: int = PATH_DEPTH_MAX_DEFAULT,
+    ) -> None:
         """Args:
         tree: the applied tree; read here, never written.
-        data_bytes_max: the largest znode value accepted."""
+        data_bytes_max: the largest znode value accepted.
+        txn_bytes_max: the largest txn (estimated by :func:`txn_body_bytes`) a request may become.
+        path_bytes_max, path_depth_max: the longest and deepest path a create may make."""
         self._tree = tree
         self._data_bytes_max = data_bytes_max
+        self._txn_bytes_max = txn_bytes_max
+        self._path_bytes_max = path_bytes_max
+        self._path_depth_max = path_depth_max
         self._next_zxid = tree.last_zxid + 1
         # path -> (zxid, node or None): the latest pending change of each path
         self._changes: dict[str, tuple[int, Node | None]] = {}
@@ -233,14 +271,16 @@ class Preparer:
         body: TxnBody
         writes: Writes = {}
         if session_id and not self.session_exists(session_id):
-            body = ErrorTxn(code=SessionExpiredError.code)
+            body = ErrorTxn(code=SessionExpiredError.code, message=f"session {session_id:#x} has expired")
         elif type(request) is MultiRequest:
             body = self._prepare_multi(request, session_id, zxid, time_ms, writes)
         else:
             try:
                 body = self._prepare_op(request, session_id, zxid, time_ms, writes)
+                self._check_txn_bytes(txn_body_bytes(body))
             except CoordError as error:
-                body = ErrorTxn(code=error.code)
+                writes.clear()
+                body = ErrorTxn(code=error.code, message=str(error))
         # only now, so that a caller's bug (a read request: TypeError) leaves no zxid gap
         self._next_zxid = zxid + 1
         self._commit(zxid, writes, 0)
@@ -284,7 +324,7 @@ class Preparer:
             body = CloseSessionTxn(session_id=closing_session_id)
         else:
             self._commit(zxid, writes, 0)
-            body = ErrorTxn(code=SessionExpiredError.code)
+            body = ErrorTxn(code=SessionExpiredError.code, message=f"session {closing_session_id:#x} has expired")
         return Txn(zxid=zxid, time_ms=time_ms, session_id=session_id, xid=xid, body=body)
 
     def prepare_cleanup(self, path: str, *, time_ms: int) -> Txn | None:
@@ -355,14 +395,37 @@ class Preparer:
     ) -> MultiTxn | ErrorTxn:
         ops: list[MultiTxnOp] = []
         count = len(request.ops)
+        total = 0
         for index, op in enumerate(request.ops):
             try:
-                ops.append(self._prepare_op(op, session_id, zxid, time_ms, writes))
+                prepared = self._prepare_op(op, session_id, zxid, time_ms, writes)
+                total += txn_body_bytes(prepared)
+                self._check_txn_bytes(total)
+                ops.append(prepared)
             except CoordError as error:
                 writes.clear()
                 codes = (_ROLLED_BACK,) * index + (error.code,) + (_NOT_RUN,) * (count - index - 1)
                 return ErrorTxn(code=error.code, multi_codes=codes)
         return MultiTxn(ops=tuple(ops))
+
+    def _check_txn_bytes(self, size: int) -> None:
+        if size > self._txn_bytes_max:
+            raise BadArgumentsError(
+                f"the request would make a txn of about {size} bytes, over the limit of {self._txn_bytes_max} "
+                "(limits.txn_bytes_max; makepath adds every missing parent's full path)"
+            )
+
+    def _check_created_path(self, path: str) -> None:
+        size = len(path) if path.isascii() else len(path.encode())
+        if size > self._path_bytes_max:
+            raise BadArgumentsError(
+                f"path of {size} bytes is over the limit of {self._path_bytes_max} (limits.path_bytes_max)"
+            )
+        depth = path.count("/")
+        if depth > self._path_depth_max:
+            raise BadArgumentsError(
+                f"path of depth {depth} is over the limit of {self._path_depth_max} (limits.path_depth_max)"
+            )
 
     def _prepare_op(
         self,
@@ -397,6 +460,8 @@ class Preparer:
         mode = request.mode
         sequential = _IS_SEQUENTIAL[mode]
         path = _checked_path(request.path, sequential=sequential)
+        # before the walk up a makepath's missing parents, which is quadratic in the depth
+        self._check_created_path(path + "0000000000" if sequential else path)
         if _IS_TTL[mode]:
             if request.ttl_ms <= 0:
                 raise BadArgumentsError(f"a TTL node needs ttl_ms > 0, not {request.ttl_ms}")
@@ -498,9 +563,27 @@ class Preparer:
         writes[path] = None
 
 
+def _str_bytes(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def txn_body_bytes(body: MultiTxnOp) -> int:
+    """An upper estimate of one op's encoded size, cheap enough for every write."""
+    match body:
+        case CreateTxn():
+            size = len(body.data) + _str_bytes(body.path) + _TXN_FIELD_BYTES
+            for parent in body.parents:
+                size += _str_bytes(parent) + 8
+            return size
+        case SetDataTxn():
+            return len(body.data) + _str_bytes(body.path) + _TXN_FIELD_BYTES
+        case _:
+            return _str_bytes(body.path) + _TXN_FIELD_BYTES
+
+
 def _check_version(node: Node, expected: int, path: str) -> None:
     if expected != -1 and expected != node.version:
         raise BadVersionError(f"{path}: version is {node.version}, not {expected}")
 
 
-__all__ = ["Preparer"]
+__all__ = ["PATH_BYTES_MAX_DEFAULT", "PATH_DEPTH_MAX_DEFAULT", "TXN_BYTES_MAX_DEFAULT", "Preparer", "txn_body_bytes"]

@@ -838,6 +838,20 @@ class FrameReader:
         (length,) = HEADER.unpack_from(self._buffer)
         return max(0, 4 + length - len(self._buffer))
 
+    def ready(self) -> bool:
+        """Whether a complete frame is buffered.
+
+        Raises:
+            ProtocolError: the next frame's length prefix is over the limit.
+        """
+        buffer = self._buffer
+        if len(buffer) < 4:
+            return False
+        (length,) = HEADER.unpack_from(buffer)
+        if length > self._frame_bytes_max:
+            raise ProtocolError(f"frame of {length} bytes is over the limit of {self._frame_bytes_max}")
+        return len(buffer) >= 4 + length
+
     def __iter__(self) -> Iterator[bytes]:
         buffer = self._buffer
         offset = 0

@@ -13,6 +13,33 @@ rules (CORRECTNESS 4 and 6):
   standalone server starts a new epoch on every start, like a leader after an
   election, and makes it durable before ordering anything in it.
 
+A damaged data directory (docs/storage.md)
+------------------------------------------
+Every refusal is one :class:`RecoveryError` whose message is one line naming the
+file and saying what to do: restore the data directory from a backup, or delete it
+so that the server starts empty and catches up from the ensemble's leader (a
+standalone server has no leader: its data would be gone). The cases:
+
+- ``log/data.mdb`` empty, truncated or not an LMDB file (checked against its meta
+  pages and free list before LMDB maps it, :mod:`coord.storage.lmdb_check`: a
+  truncated file used to kill the process with SIGBUS, an empty one was silently
+  re-initialised, losing every write).
+- ``log/data.mdb`` missing while ``snapshots/`` holds snapshot files. The log held
+  the epochs this server promised (ZAB's accepted and current epoch) and maybe
+  acknowledged writes after the newest snapshot; nothing on disk says whether it
+  did, so starting from the snapshot could silently lose writes and reuse an epoch.
+  Refused. (No log and no snapshots is a new server: it starts empty.)
+- The log was purged through a zxid (its ``base``) that no valid snapshot reaches:
+  the snapshots that covered the purged entries are damaged or missing, and those
+  writes exist nowhere else on this server. (Snapshots missing while the log still
+  starts at the beginning lose nothing: the log is replayed from the start.)
+- A gap in the log, an entry that fails its checksum or does not decode, a snapshot
+  whose tree disagrees with its header.
+
+Errors that are not damage (permissions, I/O errors, a full disk) are raised as
+they are (``OSError``, :class:`~coord.errors.StorageError`), and ``coord serve``
+explains them in one line too.
+
 Blocking: run it through ``trio.to_thread.run_sync``.
 """
 
@@ -32,6 +59,14 @@ log = logging.getLogger(__name__)
 
 class RecoveryError(Exception):
     """The data directory cannot be recovered without losing acknowledged data."""
+
+
+def _damaged(data_dir: Path, problem: str) -> RecoveryError:
+    """A RecoveryError for ``problem`` (which names the file), with what the operator does."""
+    return RecoveryError(
+        f"{problem}; restore {data_dir} from a backup, or delete it so that this server starts empty "
+        "and catches up from the ensemble's leader (a standalone server has no leader: its data is then lost)"
+    )
 
 
 @dataclass(slots=True)
@@ -58,11 +93,25 @@ def recover(data_dir: Path, *, log_map_bytes: int, replay: bool = True) -> Recov
             turn it on; the log is verified either way.
 
     Raises:
-        RecoveryError: the log has a gap after the snapshot or a corrupt entry.
+        RecoveryError: the data directory is damaged (see the module docstring); the
+            message is one line naming the file and the fix.
+        StorageError, OSError: the storage cannot be opened (permissions, I/O errors).
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     snapshots = SnapshotStore(data_dir / "snapshots")
-    txn_log = TxnLog.open(data_dir / "log", map_bytes=log_map_bytes)
+    log_file = data_dir / "log" / "data.mdb"
+    if not log_file.exists():
+        names = _snapshot_files(snapshots)
+        if names:
+            raise _damaged(
+                data_dir,
+                f"{log_file} is missing but {snapshots.directory} holds {', '.join(names)}: the log's epochs "
+                "and any writes after the newest snapshot are gone",
+            )
+    try:
+        txn_log = TxnLog.open(data_dir / "log", map_bytes=log_map_bytes)
+    except DataInconsistencyError as error:  # CorruptLogError: empty, truncated, not LMDB, bad keys
+        raise _damaged(data_dir, f"{_about(log_file, error)}: the file is damaged") from error
     try:
         latest = snapshots.latest()
         if latest is None:
@@ -70,37 +119,50 @@ def recover(data_dir: Path, *, log_map_bytes: int, replay: bool = True) -> Recov
             snapshot_zxid = 0
         else:
             snapshot_zxid, payload = latest
-            tree = DataTree.from_bytes(payload)
+            try:
+                tree = DataTree.from_bytes(payload)
+            except (ValueError, DataInconsistencyError) as error:
+                raise _damaged(
+                    data_dir, f"the snapshot {snapshot_zxid:#x} in {snapshots.directory} does not decode: {error}"
+                ) from error
             if tree.last_zxid != snapshot_zxid:
-                raise RecoveryError(
-                    f"snapshot header says zxid {snapshot_zxid:#x} but its tree is at {tree.last_zxid:#x}"
+                raise _damaged(
+                    data_dir,
+                    f"the snapshot {snapshot_zxid:#x} in {snapshots.directory} holds a tree at {tree.last_zxid:#x}",
                 )
+        base = txn_log.base_zxid
+        if base > snapshot_zxid:
+            newest = f"the newest valid one covers {snapshot_zxid:#x}" if latest else "none is valid"
+            raise _damaged(
+                data_dir,
+                f"{log_file} was purged through zxid {base:#x} but no snapshot in {snapshots.directory} reaches it "
+                f"({newest}; files: {', '.join(_snapshot_files(snapshots)) or 'none'}): "
+                "the writes in between are lost",
+            )
         first = txn_log.first_zxid
         if first and first > snapshot_zxid + 1 and not _starts_epoch(first, snapshot_zxid):
-            raise RecoveryError(
-                f"the log starts at zxid {first:#x} but the newest snapshot covers only {snapshot_zxid:#x}: "
-                "acknowledged transactions are missing"
+            raise _damaged(
+                data_dir,
+                f"{log_file} starts at zxid {first:#x} but the newest snapshot covers only {snapshot_zxid:#x}: "
+                "acknowledged transactions are missing",
             )
         replayed = 0
         previous = snapshot_zxid
         try:
             for zxid, data in txn_log.read(snapshot_zxid, verify=True):
                 if previous and zxid != previous + 1 and epoch_of(zxid) <= epoch_of(previous):
-                    raise RecoveryError(f"the log has a gap between zxid {previous:#x} and {zxid:#x}")
+                    raise _damaged(data_dir, f"{log_file} has a gap between zxid {previous:#x} and {zxid:#x}")
                 previous = zxid
                 txn = decode_txn(data)
                 if txn.zxid != zxid:
-                    raise RecoveryError(f"log entry {zxid:#x} holds a txn for zxid {txn.zxid:#x}")
+                    raise _damaged(data_dir, f"{log_file}: entry {zxid:#x} holds a txn for zxid {txn.zxid:#x}")
                 if replay:
                     tree.apply(txn)
                     replayed += 1
+            epochs = (txn_log.get_meta(CURRENT_EPOCH) or 0, txn_log.get_meta(ACCEPTED_EPOCH) or 0)
         except (ValueError, DataInconsistencyError) as error:  # CorruptLogError and malformed txns
-            raise RecoveryError(f"the log is corrupt: {error}") from error
-        epoch = max(
-            txn_log.get_meta(CURRENT_EPOCH) or 0,
-            txn_log.get_meta(ACCEPTED_EPOCH) or 0,
-            epoch_of(tree.last_zxid),
-        )
+            raise _damaged(data_dir, _about(log_file, error)) from error
+        epoch = max(*epochs, epoch_of(tree.last_zxid))
         log.info(
             "recovered snapshot %#x + %d log entries through %#x (%d replayed), epoch %d, %d znodes, %d sessions",
             snapshot_zxid,
@@ -117,6 +179,21 @@ def recover(data_dir: Path, *, log_map_bytes: int, replay: bool = True) -> Recov
     except BaseException:
         txn_log.close()
         raise
+
+
+def _about(log_file: Path, error: Exception) -> str:
+    """``error`` as a sentence that names the log file."""
+    if str(log_file) in str(error):
+        return str(error)
+    return f"{log_file} is damaged: {error}"
+
+
+def _snapshot_files(snapshots: SnapshotStore) -> list[str]:
+    """The names of the snapshot files (valid or not) in the store's directory."""
+    try:
+        return sorted(path.name for path in snapshots.directory.glob("snapshot.*"))
+    except OSError:
+        return []
 
 
 def _starts_epoch(first: int, snapshot_zxid: int) -> bool:

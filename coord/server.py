@@ -42,7 +42,7 @@ import trio
 from coord import protocol
 from coord.config import ServerConfig
 from coord.durable import LogDurableState, write_records
-from coord.errors import ConnectionLossError, CoordError, StorageError, ThrottledOpError
+from coord.errors import ConnectionLossError, CoordError, StorageError, ThrottledOpError, error_for_code
 from coord.peer import PeerTransport
 from coord.pipeline import Mode, Pipeline, PipelineConfig
 from coord.protocol import ConnectRequest, FrameReader, ProtocolError, StatusRequest
@@ -56,8 +56,6 @@ log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_S = 10.0
 RECEIVE_BYTES = 256 * 1024
-OUTBOX_BYTES_MAX = 64 * 1024 * 1024
-"""A client that lets more than this pile up unread is cut off (it is not reading)."""
 STANDALONE_TICK_MS = 20
 """The ZAB tick of an ensemble of one (it only paces its own election)."""
 
@@ -65,26 +63,26 @@ STANDALONE_TICK_MS = 20
 class _ClientConnection:
     """The shell's side of one client connection: its socket and outgoing buffer."""
 
-    __slots__ = ("buffered", "closing", "conn_id", "outbox", "scope", "stream", "wakeup")
+    __slots__ = ("closing", "conn_id", "outbox", "resume", "scope", "stream", "wakeup")
 
     def __init__(self, conn_id: int, stream: trio.SocketStream) -> None:
         self.conn_id = conn_id
         self.stream = stream
         self.outbox: list[bytes] = []
-        self.buffered = 0
-        self.wakeup = trio.Event()
+        self.wakeup = trio.Event()  # the writer has frames to send (or should close)
+        self.resume = trio.Event()  # the reader may read again (the pipeline said so)
         self.closing = False
         self.scope = trio.CancelScope()
 
     def push(self, frame: bytes) -> None:
         self.outbox.append(frame)
-        self.buffered += len(frame)
         self.wakeup.set()
 
     def close_soon(self) -> None:
         """Send what is queued, then close."""
         self.closing = True
         self.wakeup.set()
+        self.resume.set()
 
 
 class Server:
@@ -103,6 +101,14 @@ class Server:
                 min_session_timeout_ms=config.min_session_timeout_ms,
                 max_session_timeout_ms=config.max_session_timeout_ms,
                 data_bytes_max=config.data_bytes_max,
+                txn_bytes_max=config.txn_bytes_max,
+                path_bytes_max=config.path_bytes_max,
+                path_depth_max=config.path_depth_max,
+                connection_outstanding_max=config.connection_outstanding_max,
+                connection_inflight_bytes_max=config.connection_inflight_bytes_max,
+                connection_outbox_bytes_max=config.connection_outbox_bytes_max,
+                outbox_bytes_total_max=config.outbox_bytes_total_max,
+                connection_stall_ms=config.connection_stall_ms,
             ),
             rng=random.Random(),
             now_ms=now_ms,
@@ -238,8 +244,8 @@ class Server:
         try:
             message = decode_message(data)
         except ValueError as error:
-            log.warning("dropping a malformed message from server %d: %s", source, error)
-            return
+            # The transport closes this link (and only it) on a ProtocolError.
+            raise ProtocolError(f"malformed ZAB message: {error}") from None
         self.zab.step(Envelope(source=source, target=self.config.server_id, message=message))
         self._pump()
 
@@ -264,6 +270,18 @@ class Server:
                 conn = self._conns.get(conn_id)
                 if conn is not None:
                     conn.close_soon()
+            for conn_id in out.abort:
+                conn = self._conns.get(conn_id)
+                if conn is not None:
+                    conn.outbox.clear()
+                    conn.scope.cancel()
+            for conn_id in out.resume:
+                conn = self._conns.get(conn_id)
+                if conn is not None:
+                    conn.resume.set()
+            for source in out.bad_peers:
+                if self.transport is not None:
+                    self.transport.disconnect(source, "it sent a malformed application message")
             for txn in out.proposals:
                 busy = True
                 zxid = zab.propose(encode_txn(txn))
@@ -283,9 +301,7 @@ class Server:
 
             zout = zab.take_output()
             if zout.send and self.transport is not None:
-                send = self.transport.send
-                for envelope in zout.send:
-                    send(envelope.target, encode_message(envelope.message))
+                busy = self._send_to_peers(zout.send) or busy
             if zout.persist:
                 self._records.extend(zout.persist)
                 self._records_wakeup.set()
@@ -308,7 +324,7 @@ class Server:
                 if zab.role is Role.LEADING:
                     pipeline.from_follower(source, payload, self._now_ms())
                 else:
-                    pipeline.from_leader(payload)
+                    pipeline.from_leader(source, payload)
             for barrier_id in zout.barriers:
                 busy = True
                 pending = self._barriers.pop(barrier_id, None)
@@ -322,6 +338,23 @@ class Server:
             if not busy:
                 return
         raise AssertionError("the pipeline and ZAB did not quiesce")  # pragma: no cover
+
+    def _send_to_peers(self, envelopes: list[Envelope]) -> bool:
+        """Hand ZAB's messages to the transport. One that cannot be encoded or sent
+        (over the peer frame limit) drops that peer's link only: the ZAB core then
+        treats it as lost and syncs it again when it is back. Returns whether a link
+        was dropped (the core has new output)."""
+        assert self.transport is not None
+        send = self.transport.send
+        dropped = False
+        for envelope in envelopes:
+            try:
+                send(envelope.target, encode_message(envelope.message))
+            except (ValueError, TypeError) as error:
+                self.transport.disconnect(envelope.target, f"a {type(envelope.message).__name__} failed: {error}")
+                self.zab.link_down(envelope.target)
+                dropped = True
+        return dropped
 
     def _release_syncs(self) -> bool:
         """Answer the syncs whose quorum round is done, once this server applied what
@@ -387,13 +420,22 @@ class Server:
                 continue
             self.zab.persisted(records[-1].seq)
             self._pump()
+            if self.zab.is_ready:
+                self.pipeline.set_offline_error(None)  # serving again: writes get their own answers
 
     async def _storage_failed(self, error: CoordError) -> None:
         """The disk refused a write: nothing after the last durable record is written.
 
         The ZAB core's in-memory state assumed those records would be durable, so it is
         rebuilt from what really is (rule 4); everything in flight fails with the error.
+        A standalone server re-elects itself at once (that writes its new epoch).
+
+        A full disk (:class:`StorageFullError`) is remembered until this server serves
+        again: writes arriving while it has no leader meanwhile get that error too, not
+        "no leader; retry" (docs/storage.md).
         """
+        from coord.errors import StorageFullError
+
         self.last_storage_error = str(error)
         log.error("storage write failed: %s; rejoining from the durable state", error)
         self._records = []
@@ -401,8 +443,9 @@ class Server:
         self._barriers.clear()
         self._confirmed_syncs.clear()
         self.pipeline.go_offline(error, disconnect=False)
-        if isinstance(error, StorageError):
-            # After an I/O error the log refuses writes until reopened.
+        self.pipeline.set_offline_error(error if isinstance(error, StorageFullError) else None)
+        if isinstance(error, StorageError) or self._log.refuses_writes:
+            # After an I/O error (or a full disk) the log refuses writes until reopened.
             await trio.to_thread.run_sync(self._log.close)
             from coord.storage import TxnLog
 
@@ -522,18 +565,29 @@ class Server:
             reader.feed(data)
 
     async def _read_loop(self, conn: _ClientConnection, reader: FrameReader, peer: str) -> None:
+        """Requests in, while the pipeline wants them (backpressure: see coord.pipeline).
+
+        Frames that arrived together with the handshake are already in ``reader``; they
+        wait, like everything after them, until the pipeline has answered the handshake."""
         stream = conn.stream
-        pipeline = self.pipeline
+        conn_id = conn.conn_id
         decode_body = protocol.decode_body
         decode_request = protocol.decode_request
-        # Frames that arrived together with the handshake are already buffered.
-        data = b""
         while True:
-            if data:
-                reader.feed(data)
+            while not self.pipeline.wants_input(conn_id):
+                if conn.closing or not self.pipeline.has_connection(conn_id):
+                    return
+                conn.resume = trio.Event()
+                await conn.resume.wait()
             now_ms = self._now_ms()
             pipeline = self.pipeline
             try:
+                if not reader.ready():
+                    data = await stream.receive_some(RECEIVE_BYTES)
+                    if not data:
+                        return
+                    reader.feed(data)
+                    continue
                 for body in reader:
                     try:
                         xid, request = decode_request(decode_body(body))
@@ -541,18 +595,17 @@ class Server:
                         if error.xid is None:
                             raise
                         log.info("%s: bad request xid %d: %s", peer, error.xid, error)
-                        conn.push(protocol.encode_frame([error.xid, pipeline.tree.last_zxid, error.code, str(error)]))
-                        continue
-                    pipeline.request(conn.conn_id, xid, request, now_ms)
+                        pipeline.refuse_request(conn_id, error.xid, error_for_code(error.code)(str(error)))
+                    else:
+                        pipeline.request(conn_id, xid, request, now_ms, len(body) + 4)
+                    if not pipeline.wants_input(conn_id):
+                        break
             except ProtocolError as error:
                 log.info("%s: %s; closing the connection", peer, error)
                 self._pump()
                 return
             self._pump()
             if conn.closing:
-                return
-            data = await stream.receive_some(RECEIVE_BYTES)
-            if not data:
                 return
 
     async def _write_loop(self, conn: _ClientConnection, scope: trio.CancelScope) -> None:
@@ -562,14 +615,13 @@ class Server:
                 await conn.wakeup.wait()
                 conn.wakeup = trio.Event()
                 if conn.outbox:
-                    if conn.buffered > OUTBOX_BYTES_MAX:
-                        log.warning("connection %d is not reading its replies; closing it", conn.conn_id)
-                        scope.cancel()
-                        return
                     data = b"".join(conn.outbox)
                     conn.outbox.clear()
-                    conn.buffered = 0
                     await stream.send_all(data)
+                    # Unsent bytes are the pipeline's to count (it holds reads and
+                    # pauses or aborts the connection by them).
+                    self.pipeline.sent(conn.conn_id, len(data), self._now_ms())
+                    self._pump()
                 if conn.closing and not conn.outbox:
                     scope.cancel()
                     return

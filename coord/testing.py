@@ -771,9 +771,16 @@ async def open_ensemble(
         overrides: further :class:`~coord.config.ServerConfig` fields for every server
             (with processes, only those a TOML file can set, e.g. ``snapshot_every_txns``).
 
+    Raises:
+        ValueError: ``base_port`` would put a port beyond 65535 (the last server's peer
+            port is ``base_port + 999 + size``).
+
     Cancellation: leaving the block (or cancelling it) stops every server; processes
     get SIGTERM, then SIGKILL after a grace period.
     """
+    highest = 65535 - 999 - size
+    if base_port and not 1 <= base_port <= highest:
+        raise ValueError(f"base_port must be in 1..{highest} for {size} servers (or 0 or None), got {base_port}")
     temporary = data_dir is None
     base = Path(tempfile.mkdtemp(prefix="coord-ensemble-")) if data_dir is None else Path(data_dir)
     timing = {"tick_ms": tick_ms, "init_limit_ticks": init_limit_ticks, "sync_limit_ticks": sync_limit_ticks}

@@ -288,6 +288,7 @@ class DataTree:
                     result = [False, list(body.multi_codes)]
                 else:
                     error = body.code
+                    result = body.message or None
             case CheckTxn():
                 assert body.path in self.nodes
             case CreateSessionTxn():

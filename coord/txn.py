@@ -115,6 +115,8 @@ class ErrorTxn:
 
     code: int
     multi_codes: tuple[int, ...] = ()
+    message: str = ""
+    """Why, for the requester's reply (encoded only when not empty, so older txns decode)."""
 
 
 TxnBody = CreateSessionTxn | CloseSessionTxn | CreateTxn | DeleteTxn | SetDataTxn | CheckTxn | MultiTxn | ErrorTxn
@@ -164,6 +166,8 @@ def _encode_body(body: TxnBody) -> list[Any]:
         case MultiTxn():
             return [TxnKind.MULTI, [_encode_body(op) for op in body.ops]]
         case ErrorTxn():
+            if body.message:
+                return [TxnKind.ERROR, body.code, list(body.multi_codes), body.message]
             return [TxnKind.ERROR, body.code, list(body.multi_codes)]
     raise TypeError(f"not a txn body: {body!r}")
 
@@ -195,7 +199,10 @@ def _decode_body(item: list[Any]) -> TxnBody:
             assert all(isinstance(op, CreateTxn | DeleteTxn | SetDataTxn | CheckTxn) for op in ops)
             return MultiTxn(ops=ops)  # type: ignore[arg-type]
         case TxnKind.ERROR:
-            return ErrorTxn(code=item[1], multi_codes=tuple(item[2]))
+            message = item[3] if len(item) > 3 else ""
+            if type(message) is not str:
+                raise TypeError("an error txn's message must be a string")
+            return ErrorTxn(code=item[1], multi_codes=tuple(item[2]), message=message)
     raise ValueError(f"unknown txn kind {kind}")  # pragma: no cover
 
 

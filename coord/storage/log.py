@@ -55,13 +55,17 @@ Either way the transaction is aborted, nothing is written, reads keep working, a
 appends succeed again once space exists (after :meth:`purge_through`, or after
 reopening with a larger ``map_bytes``).
 
-**Errors while writing.** Any other LMDB or OS error (EIO, ENOSPC, ...) becomes
-:class:`~coord.errors.StorageError`, and this ``TxnLog`` then refuses every further
-write until it is reopened: after a failed ``fsync`` the kernel may have dropped the
-dirty pages and marked them clean, so "retry and hope" can report success for data
-that is not on disk (the PostgreSQL "fsyncgate" lesson). Fail-stop and restart is the
-only honest answer; on restart the log is re-read from disk and is exactly some
-committed prefix.
+**Errors while writing.** Any other LMDB or OS error makes this ``TxnLog`` refuse
+every further write until it is reopened: after a failed ``fsync`` the kernel may
+have dropped the dirty pages and marked them clean, so "retry and hope" can report
+success for data that is not on disk (the PostgreSQL "fsyncgate" lesson). On reopen
+the log is re-read from disk and is exactly some committed prefix. The error is
+:class:`~coord.errors.StorageFullError` if the disk is full (the rule of
+:mod:`coord.storage.space`), else :class:`~coord.errors.StorageError`.
+
+**A damaged data file.** :meth:`TxnLog.open` checks ``data.mdb`` against its meta
+pages before LMDB maps it (:mod:`coord.storage.lmdb_check`; a truncated file would
+kill the process with SIGBUS): an empty or truncated one is a :class:`CorruptLogError`.
 
 Threads
 -------
@@ -92,6 +96,8 @@ from typing import Final, TypeVar
 import lmdb
 
 from coord.errors import DataInconsistencyError, StorageError, StorageFullError
+from coord.storage.lmdb_check import LmdbFileError, check_data_file
+from coord.storage.space import disk_is_full
 
 __all__ = [
     "ACCEPTED_EPOCH",
@@ -185,6 +191,7 @@ class TxnLog:
         self._append_limit_pages = map_pages - reserve_pages
         self._write_lock = threading.Lock()
         self._write_failure: BaseException | None = None
+        self._write_failure_full = False
         self._closed = False
         self._first = 0
         self._last = 0
@@ -206,12 +213,21 @@ class TxnLog:
 
         Raises:
             ValueError: ``map_bytes`` is below the minimum.
+            CorruptLogError: ``data.mdb`` is empty, truncated or not an LMDB file.
             StorageError: the environment cannot be opened or has an unknown format.
         """
         if map_bytes < _MAP_BYTES_MIN:
             raise ValueError(f"map_bytes={map_bytes} is below the minimum of {_MAP_BYTES_MIN}")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        data_file = directory / "data.mdb"
+        try:
+            if data_file.exists():
+                check_data_file(data_file)  # before LMDB maps it (SIGBUS past its end)
+        except LmdbFileError as exc:
+            raise CorruptLogError(str(exc)) from exc
+        except OSError as exc:
+            raise StorageError(f"cannot check {data_file}: {exc}") from exc
         try:
             env = lmdb.open(
                 str(directory),
@@ -475,13 +491,19 @@ class TxnLog:
         with self._write_lock:
             self._write("set_meta", lambda txn: txn.put(raw_key, raw_value, db=self._meta_db))
 
+    @property
+    def refuses_writes(self) -> bool:
+        """A write failed with an I/O error (or on a full disk): reopen before writing again."""
+        return self._write_failure is not None
+
     def _write(self, what: str, body: Callable[[lmdb.Transaction], _T]) -> _T:
         """Run ``body`` in one durable write transaction; map LMDB errors (lock held)."""
         if self._closed:
             raise StorageError("the log is closed")
         if self._write_failure is not None:
-            raise StorageError(
-                f"the log refuses writes after an earlier I/O error ({self._write_failure}); reopen it"
+            refused = StorageFullError if self._write_failure_full else StorageError
+            raise refused(
+                f"the log refuses writes after an earlier failed write ({self._write_failure}); reopen it"
             ) from self._write_failure
         try:
             with self._env.begin(write=True) as txn:
@@ -494,6 +516,13 @@ class TxnLog:
             raise StorageFullError(f"the log is full: {exc}") from exc
         except (lmdb.Error, OSError) as exc:
             self._write_failure = exc
+            directory = Path(self._env.path())
+            self._write_failure_full = disk_is_full(exc, directory)
+            if self._write_failure_full:
+                log.critical("log %s failed: the disk is full (%s); no more writes until reopened", what, exc)
+                raise StorageFullError(
+                    f"the disk holding the log is full ({exc}): the write was not made; free space in {directory}"
+                ) from exc
             log.critical("log %s failed with an I/O error, no more writes until reopened: %s", what, exc)
             raise StorageError(f"the log could not write durably: {exc}") from exc
 

@@ -144,6 +144,14 @@ async def test_process_ensemble_removes_its_temporary_directory() -> None:
         assert not base.exists()
 
 
+@pytest.mark.parametrize("processes", [False, True])
+async def test_a_base_port_whose_ports_leave_the_range_is_refused(tmp_path: Path, processes: bool) -> None:
+    # 64534 + 999 + 3 = 65536: the last peer port would wrap around to port 0.
+    with pytest.raises(ValueError, match=r"base_port must be in 1\.\.64533 for 3 servers"):
+        async with open_ensemble(3, processes=processes, data_dir=tmp_path, base_port=64534):
+            pytest.fail("started an ensemble on wrapped ports")  # pragma: no cover
+
+
 async def test_process_ensemble_refuses_options_a_file_cannot_set() -> None:
     with pytest.raises(TypeError, match="frame_hooks"):
         async with open_ensemble(1, processes=True, frame_hooks=True):

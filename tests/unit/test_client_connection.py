@@ -8,7 +8,9 @@ pings, read timeouts, backoff and session expiry run instantly and exactly.
 
 from __future__ import annotations
 
+import errno
 import random
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,7 +30,7 @@ from client import (
     Watch,
     WatchEvent,
 )
-from coord.errors import ServerBehindError
+from coord.errors import NotLeaderError, ServerBehindError
 from coord.protocol import (
     WATCH_XID,
     CloseSessionRequest,
@@ -63,13 +65,15 @@ def _close(stream: trio.StapledStream[Any, Any]) -> None:
 class FakeServer:
     """One scripted server per address; all share the same session and store.
 
-    ``down`` addresses refuse connections; ``refuse`` maps an address to the error
+    ``down`` addresses refuse connections (``unknown`` ones do not resolve); ``refuse`` maps an address to the error
     code its handshake answers; ``silent`` makes every connection stop answering.
     """
 
     def __init__(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
         self.down: set[tuple[str, int]] = set()
+        self.unknown: set[tuple[str, int]] = set()  # their names do not resolve
+        self.refused = 0  # connection attempts refused
         self.refuse: dict[tuple[str, int], int] = {}
         self.expired = False
         self.silent = False
@@ -88,7 +92,10 @@ class FakeServer:
         address = (host, port)
         await trio.lowlevel.checkpoint()
         if address in self.down:
-            raise OSError(f"connection refused by {host}:{port}")
+            self.refused += 1
+            raise ConnectionRefusedError(errno.ECONNREFUSED, f"connection refused by {host}:{port}")
+        if address in self.unknown:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         client_end, server_end = trio.testing.memory_stream_pair()
         original_send_all = client_end.send_all
 
@@ -457,3 +464,79 @@ async def test_calls_waiting_for_the_reconnect_go_out_after_set_watches(
         assert on_new_connection[0] == SetWatchesRequest(relative_zxid=100, exist=("/missing",))
         assert {type(request) for request in on_new_connection[1:]} <= {ExistsRequest, PingRequest}
         assert len(server.requests_of(ExistsRequest)) == 3
+
+
+async def test_fail_fast_gives_up_at_once_when_every_server_refuses(autojump_clock: trio.testing.MockClock) -> None:
+    async with fake_ensemble() as server:
+        server.down.update({("a", 1), ("b", 2)})
+        start = trio.current_time()
+        with pytest.raises(ConnectionLossError, match=r"^could not connect to a:1,b:2: connection refused$"):
+            async with open_client(server, "a:1,b:2", connect_timeout=30.0, fail_fast=True):
+                pytest.fail("connected to nothing")  # pragma: no cover
+        assert trio.current_time() - start < 0.5  # a few short rounds, not the 30 s
+        assert server.refused == 2 * 3  # each server, three rounds
+
+
+async def test_fail_fast_names_each_server_when_they_fail_differently(autojump_clock: trio.testing.MockClock) -> None:
+    async with fake_ensemble() as server:
+        server.down.add(("a", 1))
+        server.unknown.add(("nosuch", 2))
+        expected = r"^could not connect to a:1 \(connection refused\), nosuch:2 \(unknown host\)$"
+        with pytest.raises(ConnectionLossError, match=expected):
+            async with open_client(server, "a:1,nosuch:2", connect_timeout=30.0, fail_fast=True):
+                pytest.fail("connected to nothing")  # pragma: no cover
+
+
+async def test_fail_fast_still_waits_for_a_server_that_answers(autojump_clock: trio.testing.MockClock) -> None:
+    # b accepts connections but refuses sessions for now (no quorum): worth waiting for.
+    async with fake_ensemble() as server:
+        server.down.add(("a", 1))
+        server.refuse[("b", 2)] = NotLeaderError.code
+        start = trio.current_time()
+        with pytest.raises(ConnectionLossError, match="within 4s"):
+            async with open_client(server, "a:1,b:2", connect_timeout=4.0, fail_fast=True):
+                pytest.fail("connected to nothing")  # pragma: no cover
+        assert trio.current_time() - start == pytest.approx(4.0)
+
+
+async def test_fail_fast_connects_to_a_server_that_comes_up_within_the_rounds(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with fake_ensemble() as server:
+        server.down.add(("a", 1))
+
+        async def come_up() -> None:
+            while server.refused < 2:
+                await trio.sleep(0.001)
+            server.down.clear()
+
+        server.nursery.start_soon(come_up)
+        async with open_client(server, fail_fast=True) as zk:
+            assert await zk.get("/x") == (b"hello", STAT)
+
+
+async def test_without_fail_fast_refused_connections_are_retried_until_the_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with fake_ensemble() as server:
+        server.down.add(("a", 1))
+        start = trio.current_time()
+        with pytest.raises(ConnectionLossError, match="within 5s"):
+            async with open_client(server, connect_timeout=5.0):
+                pytest.fail("connected to nothing")  # pragma: no cover
+        assert trio.current_time() - start == pytest.approx(5.0)
+
+
+async def test_fail_fast_does_not_give_up_a_session_whose_server_restarts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with fake_ensemble(timeout_ms=3000) as server, open_client(server, fail_fast=True) as zk:
+        await zk.get("/x")
+        server.down.add(("a", 1))
+        server.drop_connections()
+        while server.refused < 6:  # more refused rounds than fail_fast allows the first connection
+            await trio.sleep(0.01)
+        assert zk.state is ConnectionState.SUSPENDED
+        server.down.clear()
+        await zk.wait_connected()
+        assert await zk.get("/x") == (b"hello", STAT)

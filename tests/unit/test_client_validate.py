@@ -105,3 +105,29 @@ def test_parse_hosts() -> None:
 def test_parse_hosts_refuses_bad_lists(hosts: str) -> None:
     with pytest.raises(BadArgumentsError):
         parse_hosts(hosts)
+
+
+@pytest.mark.parametrize("hosts", ["a:1,,b:2", "a:1,", ",a:1", "a:1, ,b:2"])
+def test_parse_hosts_refuses_an_empty_entry(hosts: str) -> None:
+    with pytest.raises(BadArgumentsError, match="empty entry"):
+        parse_hosts(hosts)
+
+
+@pytest.mark.parametrize("hosts", ["127.0.0.1:70000", "h:0", "[::1]:65536", "h:99999999999999999999"])
+def test_parse_hosts_says_the_port_is_out_of_range(hosts: str) -> None:
+    with pytest.raises(BadArgumentsError, match=r"port .* out of range \(1\.\.65535\)") as info:
+        parse_hosts(hosts)
+    assert "bad host" not in str(info.value)
+
+
+@pytest.mark.parametrize("hosts", ["h:-1", "h:+5", "h:1e3", "h: 5"])
+def test_parse_hosts_refuses_ports_that_are_not_plain_numbers(hosts: str) -> None:
+    with pytest.raises(BadArgumentsError, match="port must be a number"):
+        parse_hosts(hosts)
+
+
+def test_parse_hosts_can_require_the_port() -> None:
+    assert parse_hosts("a:1,[::1]:2", default_port=None) == [("a", 1), ("::1", 2)]
+    for hosts in ["garbage", "a:1,b", "[::1]", "::1"]:
+        with pytest.raises(BadArgumentsError, match="HOST:PORT"):
+            parse_hosts(hosts, default_port=None)

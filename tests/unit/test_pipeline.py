@@ -290,7 +290,7 @@ class Pair:
                 self.leader.barrier_done(*barrier)
             for target, payload in leader_out.to_followers:
                 assert target == 2
-                self.follower.from_leader(payload)
+                self.follower.from_leader(1, payload)
             busy = leader_out.proposals or leader_out.barriers or leader_out.to_followers or follower_out.to_leader
             if not busy and not follower_out.frames:
                 return
@@ -335,7 +335,7 @@ def test_sync_on_a_follower_waits_for_the_leaders_quorum_round() -> None:
     assert leader_out.barriers == [(2, pair.follower.session_of(1), 5)]
     pair.leader.barrier_done(*leader_out.barriers[0])
     ((_target, payload),) = pair.leader.take_output().to_followers
-    pair.follower.from_leader(payload)
+    pair.follower.from_leader(1, payload)
     (reply,) = decode_frames(pair.follower.take_output(), 1)
     assert reply[0] == 5 and reply[3] == "/"
 

@@ -244,7 +244,7 @@ def test_writes_from_a_dead_session_are_answered_session_expired() -> None:
     late = h.prep(CreateRequest(path="/e2", mode=CreateMode.EPHEMERAL), session_id=session)
     multi = h.prep(MultiRequest(ops=(CreateRequest(path="/m"),)), session_id=session)
     assert error_code(late) == SESSION_EXPIRED
-    assert multi.body == ErrorTxn(code=SESSION_EXPIRED)
+    assert multi.body == ErrorTxn(code=SESSION_EXPIRED, message=f"session {session:#x} has expired")
     h.apply_all()
     assert h.tree.get_node("/e") is None and h.tree.get_node("/e2") is None
     assert session not in h.tree.sessions
