@@ -42,7 +42,14 @@ import trio
 from coord import protocol
 from coord.config import ServerConfig
 from coord.durable import LogDurableState, write_records
-from coord.errors import ConnectionLossError, CoordError, StorageError, ThrottledOpError, error_for_code
+from coord.errors import (
+    ConnectionLossError,
+    CoordError,
+    StorageError,
+    StorageFullError,
+    ThrottledOpError,
+    error_for_code,
+)
 from coord.peer import PeerTransport
 from coord.pipeline import Mode, Pipeline, PipelineConfig
 from coord.protocol import ConnectRequest, FrameReader, ProtocolError, StatusRequest
@@ -434,8 +441,6 @@ class Server:
         again: writes arriving while it has no leader meanwhile get that error too, not
         "no leader; retry" (docs/storage.md).
         """
-        from coord.errors import StorageFullError
-
         self.last_storage_error = str(error)
         log.error("storage write failed: %s; rejoining from the durable state", error)
         self._records = []
