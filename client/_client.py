@@ -40,23 +40,28 @@ import trio
 
 from client._connection import Connection, OpenStream, open_tcp, parse_hosts
 from client._retry import Retry
-from client._session import (
-    ADD_WATCH,
-    CREATE,
-    DELETE,
-    EXISTS,
-    GET_CHILDREN,
-    GET_DATA,
-    REMOVE_WATCHES,
-    SET_DATA,
-    SYNC,
-)
 from client._state import ConnectionState, StateStream
 from client._transaction import Transaction
 from client._validate import check_path, check_value, check_version, create_mode
 from client._watch import Watch, WatchStream
 from coord.errors import BadArgumentsError, CoordError, NodeExistsError, NoNodeError
-from coord.protocol import DATA_BYTES_MAX_DEFAULT, AddWatchMode, Stat, WatcherType, is_reserved, join
+from coord.protocol import (
+    DATA_BYTES_MAX_DEFAULT,
+    AddWatchMode,
+    AddWatchRequest,
+    CreateRequest,
+    DeleteRequest,
+    ExistsRequest,
+    GetChildrenRequest,
+    GetDataRequest,
+    RemoveWatchesRequest,
+    SetDataRequest,
+    Stat,
+    SyncRequest,
+    WatcherType,
+    is_reserved,
+    join,
+)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -225,7 +230,8 @@ class Client:
         check_path(path, sequential=sequence)
         if type(value) is not bytes or len(value) > self._data_bytes_max:
             check_value(value, self._data_bytes_max, path)
-        created: tuple[str, Stat] = await self._call([0, CREATE, path, value, mode, ttl, bool(makepath)], path)
+        request = CreateRequest(path=path, data=value, mode=mode, ttl_ms=ttl, makepath=bool(makepath))  # type: ignore[arg-type]
+        created: tuple[str, Stat] = await self._call(request, path)
         return created if include_data else created[0]
 
     async def get(self, path: str, watch: Watch | None = None) -> tuple[bytes, Stat]:
@@ -245,7 +251,7 @@ class Client:
         check_path(path)
         if watch is not None:
             _check_watch(watch)
-        result: tuple[bytes, Stat] = await self._call([0, GET_DATA, path, watch is not None], path, watch)
+        result: tuple[bytes, Stat] = await self._call(GetDataRequest(path=path, watch=watch is not None), path, watch)
         return result
 
     async def set(self, path: str, value: bytes, version: int = -1) -> Stat:
@@ -270,7 +276,7 @@ class Client:
             check_value(value, self._data_bytes_max, path)
         if type(version) is not int:
             check_version(version, path)
-        stat: Stat = await self._call([0, SET_DATA, path, value, version], path)
+        stat: Stat = await self._call(SetDataRequest(path=path, data=value, version=version), path)
         return stat
 
     async def delete(self, path: str, version: int = -1, recursive: bool = False) -> None:
@@ -300,7 +306,7 @@ class Client:
         if recursive:
             await self._delete_recursive(path, version)
             return
-        await self._call([0, DELETE, path, version], path)
+        await self._call(DeleteRequest(path=path, version=version), path)
 
     async def _delete_recursive(self, path: str, version: int) -> None:
         try:
@@ -314,7 +320,7 @@ class Client:
         if path == "/":
             return  # the root stays, as in kazoo
         with contextlib.suppress(NoNodeError):
-            await self._call([0, DELETE, path, version], path)
+            await self._call(DeleteRequest(path=path, version=version), path)
 
     async def exists(self, path: str, watch: Watch | None = None) -> Stat | None:
         """A node's stat, or None if there is no such node.
@@ -331,7 +337,7 @@ class Client:
         check_path(path)
         if watch is not None:
             _check_watch(watch)
-        stat: Stat | None = await self._call([0, EXISTS, path, watch is not None], path, watch)
+        stat: Stat | None = await self._call(ExistsRequest(path=path, watch=watch is not None), path, watch)
         return stat
 
     @overload
@@ -366,7 +372,8 @@ class Client:
             _check_watch(watch)
         names: list[str]
         stat: Stat
-        names, stat = await self._call([0, GET_CHILDREN, path, watch is not None, bool(include_data)], path, watch)
+        request = GetChildrenRequest(path=path, watch=watch is not None, include_stat=bool(include_data))
+        names, stat = await self._call(request, path, watch)
         if include_data:
             return names, stat
         return names
@@ -382,7 +389,7 @@ class Client:
             await trio.lowlevel.checkpoint()
             return
         with contextlib.suppress(NodeExistsError):
-            await self._call([0, CREATE, path, b"", 0, 0, True], path)
+            await self._call(CreateRequest(path=path, makepath=True), path)
 
     async def sync(self, path: str) -> str:
         """Wait until the server this client is connected to has caught up with the
@@ -392,7 +399,7 @@ class Client:
             ``path``.
         """
         check_path(path)
-        synced: str = await self._call([0, SYNC, path], path)
+        synced: str = await self._call(SyncRequest(path=path), path)
         return synced
 
     def transaction(self) -> Transaction:
@@ -429,9 +436,9 @@ class Client:
         """
         check_path(path)
         stream = WatchStream(path, recursive=bool(recursive))
-        mode = int(AddWatchMode.PERSISTENT_RECURSIVE if recursive else AddWatchMode.PERSISTENT)
+        mode = AddWatchMode.PERSISTENT_RECURSIVE if recursive else AddWatchMode.PERSISTENT
         try:
-            await self._call([0, ADD_WATCH, path, mode], path, stream, bool(recursive))
+            await self._call(AddWatchRequest(path=path, mode=mode), path, stream, bool(recursive))
         except BaseException:
             stream._end()
             raise
@@ -443,7 +450,7 @@ class Client:
                 kind = WatcherType.PERSISTENT_RECURSIVE if recursive else WatcherType.PERSISTENT
                 with trio.move_on_after(REMOVE_WATCH_TIMEOUT_S, shield=True):
                     with contextlib.suppress(CoordError):
-                        await self._call([0, REMOVE_WATCHES, path, int(kind)], path, None, kind)
+                        await self._call(RemoveWatchesRequest(path=path, watcher_type=kind), path, None, kind)
 
     async def remove_watches(self, path: str, watcher_type: WatcherType) -> None:
         """Remove this session's watches of a type on ``path``.
@@ -465,7 +472,7 @@ class Client:
             kind = WatcherType(watcher_type)
         except ValueError:
             raise BadArgumentsError(f"unknown watcher type {watcher_type!r}") from None
-        await self._call([0, REMOVE_WATCHES, path, int(kind)], path, None, kind)
+        await self._call(RemoveWatchesRequest(path=path, watcher_type=kind), path, None, kind)
 
     # --- conveniences ---------------------------------------------------------------
 

@@ -59,11 +59,11 @@ from typing import Any, Final
 import trio
 
 from client._errors import ConnectionClosedError
-from client._session import CLOSE_SESSION, PING, SessionCore
+from client._session import SessionCore
 from client._state import ConnectionState, StateStream
 from client._watch import _fresh
 from coord.errors import BadArgumentsError, ConnectionLossError, CoordError, SessionExpiredError
-from coord.protocol import ConnectResponse, ProtocolError
+from coord.protocol import CloseSessionRequest, ConnectResponse, PingRequest, ProtocolError, Request
 
 log = logging.getLogger(__name__)
 
@@ -230,11 +230,11 @@ class Connection:
 
     # --- requests -------------------------------------------------------------------
 
-    async def call(self, item: list[Any], path: str = "", watch: Any = None, extra: Any = None) -> Any:
+    async def call(self, request: Request, path: str = "", watch: Any = None, extra: Any = None) -> Any:
         """Send one request and wait for its result (the hot path).
 
         Args:
-            item: the request's wire array, with a placeholder where the xid goes.
+            request: the request (the session core gives it its xid and encodes it).
             path: the node, for error messages and watch registration.
             watch: the Watch or WatchStream the request arms, if any.
             extra: op-specific context for decoding the result.
@@ -254,7 +254,7 @@ class Connection:
             await self._wait_accepting()
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
-        slot = self.core.send(item, path, watch, extra)
+        slot = self.core.send(request, path, watch, extra)
         writer = self._writer
         if writer is not None:
             self._writer = None
@@ -282,9 +282,9 @@ class Connection:
         error = self._lost_error or ConnectionClosedError("the client is closed")
         return _fresh(error)
 
-    def _send_internal(self, item: list[Any]) -> Any:
+    def _send_internal(self, request: Request) -> Any:
         """Queue a request whose reply nobody awaits (pings)."""
-        slot = self.core.send(item)
+        slot = self.core.send(request)
         self._wake_writer()
         return slot
 
@@ -544,7 +544,7 @@ class Connection:
                 self._drop(f"nothing from the server for {read_timeout:g}s")
                 return
             if now - self._last_sent >= ping_interval:
-                self._send_internal([0, PING])
+                self._send_internal(PingRequest())
                 self._last_sent = now
             await trio.sleep_until(min(self._last_sent + ping_interval, self._last_received + read_timeout))
 
@@ -564,7 +564,7 @@ class Connection:
         if self.state is _CONNECTED and self._connection_scope is not None:
             timeout = min(CLOSE_TIMEOUT_S, self.core.timeout_ms / 1000)
             with trio.move_on_after(timeout, shield=True):
-                slot = self._send_internal([0, CLOSE_SESSION])
+                slot = self._send_internal(CloseSessionRequest())
                 slot.waiter = trio.lowlevel.current_task()
 
                 def abort(raise_cancel: Any) -> trio.lowlevel.Abort:

@@ -70,6 +70,7 @@ from coord.protocol import (
     FrameReader,
     Op,
     ProtocolError,
+    Request,
     Stat,
     decode_body,
     decode_event,
@@ -82,7 +83,7 @@ from coord.protocol import (
 
 log = logging.getLogger(__name__)
 
-# Plain ints: cheaper to compare and to encode than the IntEnum members.
+# Plain ints, as in Pending.op: cheaper to compare than the IntEnum members.
 CREATE: Final = int(Op.CREATE)
 DELETE: Final = int(Op.DELETE)
 EXISTS: Final = int(Op.EXISTS)
@@ -252,7 +253,7 @@ class SessionCore:
         self.timeout_ms = answer.timeout_ms
         self.server_id = answer.server_id
         for request in self.watches.set_watches_requests(self.last_zxid):
-            self.send(encode_request(0, request))
+            self.send(request)
 
     def take_outgoing(self) -> bytearray:
         """Everything queued to send, in one buffer (the queue is then empty)."""
@@ -287,8 +288,8 @@ class SessionCore:
 
     # --- requests -----------------------------------------------------------------------
 
-    def send(self, item: list[Any], path: str = "", watch: Any = None, extra: Any = None) -> Pending:
-        """Queue one request: ``item`` is its wire array with a placeholder xid first.
+    def send(self, request: Request, path: str = "", watch: Any = None, extra: Any = None) -> Pending:
+        """Queue one request, encoded by :func:`coord.protocol.encode_request` with the next xid.
 
         Returns:
             The slot its reply will complete.
@@ -300,7 +301,7 @@ class SessionCore:
         if xid > XID_MAX:
             xid = 1
         self._xid = xid
-        item[0] = xid
+        item = encode_request(xid, request)
         body = _dumps(item)
         size = len(body)
         if size > self.send_frame_bytes_max:
@@ -310,7 +311,7 @@ class SessionCore:
         out = self.outgoing
         out += _pack(size)
         out += body
-        slot = Pending(xid, item[1], path, watch, extra)
+        slot = Pending(xid, int(item[1]), path, watch, extra)
         self.pending.append(slot)
         return slot
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from client._session import CHECK, CREATE, DELETE, MULTI, SET_DATA
+from client._session import CHECK, CREATE, DELETE, SET_DATA
 from client._validate import check_path, check_value, check_version, create_mode
+from coord.protocol import CheckRequest, CreateRequest, DeleteRequest, MultiOp, MultiRequest, SetDataRequest
 
 if TYPE_CHECKING:
     from client._client import Client
@@ -27,7 +28,7 @@ class Transaction:
 
     def __init__(self, client: Client) -> None:
         self._client = client
-        self._ops: list[list[Any]] = []
+        self._ops: list[MultiOp] = []
         self._paths: list[tuple[int, str]] = []
         self.committed = False
         self.results: list[Any] | None = None
@@ -51,7 +52,7 @@ class Transaction:
         check_path(path, sequential=sequence)
         check_value(value, self._client._data_bytes_max, path)
         mode = create_mode(ephemeral=ephemeral, sequence=sequence, container=container, ttl=ttl, path=path)
-        self._add([CREATE, path, value, mode, ttl, False], CREATE, path)
+        self._add(CreateRequest(path=path, data=value, mode=mode, ttl_ms=ttl), CREATE, path)  # type: ignore[arg-type]
 
     def delete(self, path: str, version: int = -1) -> None:
         """Queue a delete of ``path`` (at ``version``, or any with -1).
@@ -61,7 +62,7 @@ class Transaction:
         """
         self._check_open()
         check_path(path)
-        self._add([DELETE, path, check_version(version, path)], DELETE, path)
+        self._add(DeleteRequest(path=path, version=check_version(version, path)), DELETE, path)
 
     def set_data(self, path: str, value: bytes, version: int = -1) -> None:
         """Queue setting the value of ``path`` (at ``version``, or any with -1).
@@ -72,7 +73,7 @@ class Transaction:
         self._check_open()
         check_path(path)
         check_value(value, self._client._data_bytes_max, path)
-        self._add([SET_DATA, path, value, check_version(version, path)], SET_DATA, path)
+        self._add(SetDataRequest(path=path, data=value, version=check_version(version, path)), SET_DATA, path)
 
     def check(self, path: str, version: int) -> None:
         """Queue a check that ``path`` is at ``version`` (fails the transaction if not).
@@ -82,7 +83,7 @@ class Transaction:
         """
         self._check_open()
         check_path(path)
-        self._add([CHECK, path, check_version(version, path)], CHECK, path)
+        self._add(CheckRequest(path=path, version=check_version(version, path)), CHECK, path)
 
     async def commit(self) -> list[Any]:
         """Send the transaction and wait for its outcome.
@@ -109,7 +110,8 @@ class Transaction:
             self.results = []
             return self.results
         path = self._paths[0][1] if len(self._paths) == 1 else ""
-        self.results = await self._client._call([0, MULTI, self._ops], path, None, self._paths)
+        request = MultiRequest(ops=tuple(self._ops))
+        self.results = await self._client._call(request, path, None, self._paths)
         return self.results
 
     async def __aenter__(self) -> Transaction:
@@ -131,7 +133,7 @@ class Transaction:
         if self.committed:
             raise ValueError("the transaction was already committed")
 
-    def _add(self, op: list[Any], kind: int, path: str) -> None:
+    def _add(self, op: MultiOp, kind: int, path: str) -> None:
         self._ops.append(op)
         self._paths.append((kind, path))
 

@@ -9,6 +9,9 @@ One CBOR array each, tagged by its first element:
 - ``["t", [session, ...]]``: a follower reports the sessions active since its last report;
 - ``["y", session, xid]``: a sync, forwarded to the leader, or its answer to the follower.
 
+Each kind is a frozen dataclass here (:class:`ForwardedWrite`, :class:`NewSession`,
+:class:`ActiveSessions`, :class:`SyncRequest`), encoded by :func:`encode_app` and
+decoded by :func:`decode_app`: one schema, one encoder, one decoder.
 :func:`decode_app` is strict (the strict CBOR decoder of :mod:`coord.protocol`, exact
 shapes, bounded integers): whatever a peer sends, it returns a well-typed message or
 raises :class:`~coord.protocol.ProtocolError`, and the caller drops that peer's link.
@@ -16,7 +19,8 @@ raises :class:`~coord.protocol.ProtocolError`, and the caller drops that peer's 
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, assert_never
 
 import cbor2
 
@@ -33,8 +37,54 @@ from coord.protocol import (
 _FORWARDED_WRITES = frozenset({CreateRequest, DeleteRequest, SetDataRequest, MultiRequest, CloseSessionRequest})
 
 
-def encode_app(item: list[Any]) -> bytes:
-    """An application message between the leader and a follower (CBOR array)."""
+@dataclass(frozen=True, slots=True)
+class ForwardedWrite:
+    """Follower -> leader: a client's write, to be prepared and proposed."""
+
+    session_id: int
+    xid: int
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class NewSession:
+    """Follower -> leader: a client asks for a session; ``password`` matches the answer."""
+
+    password: bytes
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveSessions:
+    """Follower -> leader: the sessions active since the last report (they do not expire)."""
+
+    session_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncBarrier:
+    """A client's sync: forwarded to the leader, and its answer back to the follower."""
+
+    session_id: int
+    xid: int
+
+
+AppMessage = ForwardedWrite | NewSession | ActiveSessions | SyncBarrier
+
+
+def encode_app(message: AppMessage) -> bytes:
+    """The message's bytes (a CBOR array tagged by its kind)."""
+    match message:
+        case ForwardedWrite(session_id=session_id, xid=xid, request=request):
+            item: list[Any] = ["w", session_id, xid, protocol.encode_request(xid, request)]
+        case NewSession(password=password, timeout_ms=timeout_ms):
+            item = ["s", password, timeout_ms]
+        case ActiveSessions(session_ids=session_ids):
+            item = ["t", list(session_ids)]
+        case SyncBarrier(session_id=session_id, xid=xid):
+            item = ["y", session_id, xid]
+        case _:
+            assert_never(message)
     return cbor2.dumps(item)
 
 
@@ -54,12 +104,7 @@ def _xid(value: Any) -> int:
     return value
 
 
-AppMessage = (
-    tuple[str, int, int, Request]  # "w": session, xid, forwarded write
-    | tuple[str, bytes, int]  # "s": new session's password, requested timeout
-    | tuple[str, list[int]]  # "t": sessions active since the last report
-    | tuple[str, int, int]  # "y": a sync (to the leader) or its answer (to the follower): session, xid
-)
+_FIELDS = {"w": 3, "s": 2, "t": 1, "y": 2}
 
 
 def decode_app(payload: bytes) -> AppMessage:
@@ -72,29 +117,35 @@ def decode_app(payload: bytes) -> AppMessage:
     if type(item) is not list or not item or type(item[0]) is not str:
         raise protocol.ProtocolError("an application message is an array starting with its kind")
     kind, fields = item[0], item[1:]
-    shape = {"w": 3, "s": 2, "t": 1, "y": 2}.get(kind)
+    shape = _FIELDS.get(kind)
     if shape is None:
         raise protocol.ProtocolError(f"unknown message kind {kind!r:.20}")
     if len(fields) != shape:
         raise protocol.ProtocolError(f"message {kind!r} has {len(fields)} fields, not {shape}")
-    match kind:
-        case "w":
-            _xid_in_request, request = protocol.decode_request(fields[2])
-            if type(request) not in _FORWARDED_WRITES:
-                raise protocol.ProtocolError(f"{type(request).__name__} is not a forwarded write")
-            return ("w", _uint(fields[0], "session id"), _xid(fields[1]), request)
-        case "s":
-            password = fields[0]
-            if type(password) is not bytes or len(password) > 64:
-                raise protocol.ProtocolError("a session password is at most 64 bytes")
-            return ("s", password, _uint(fields[1], "timeout_ms", _I32))
-        case "t":
-            touched = fields[0]
-            if type(touched) is not list:
-                raise protocol.ProtocolError("session report must be an array")
-            return ("t", [_uint(session_id, "session id") for session_id in touched])
-        case _:
-            return ("y", _uint(fields[0], "session id"), _xid(fields[1]))
+    if kind == "w":
+        _xid_in_request, request = protocol.decode_request(fields[2])
+        if type(request) not in _FORWARDED_WRITES:
+            raise protocol.ProtocolError(f"{type(request).__name__} is not a forwarded write")
+        return ForwardedWrite(_uint(fields[0], "session id"), _xid(fields[1]), request)
+    if kind == "s":
+        password = fields[0]
+        if type(password) is not bytes or len(password) > 64:
+            raise protocol.ProtocolError("a session password is at most 64 bytes")
+        return NewSession(password, _uint(fields[1], "timeout_ms", _I32))
+    if kind == "t":
+        touched = fields[0]
+        if type(touched) is not list:
+            raise protocol.ProtocolError("session report must be an array")
+        return ActiveSessions(tuple(_uint(session_id, "session id") for session_id in touched))
+    return SyncBarrier(_uint(fields[0], "session id"), _xid(fields[1]))
 
 
-__all__ = ["AppMessage", "decode_app", "encode_app"]
+__all__ = [
+    "ActiveSessions",
+    "AppMessage",
+    "ForwardedWrite",
+    "NewSession",
+    "SyncBarrier",
+    "decode_app",
+    "encode_app",
+]

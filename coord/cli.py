@@ -144,6 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if not __debug__:
+        from coord.server import OPTIMIZED_REFUSAL
+
+        print(f"coord: {OPTIMIZED_REFUSAL}", file=sys.stderr)
+        return 1
     overrides: dict[str, object] = {}
     if args.data_dir is not None:
         overrides["server.data_dir"] = args.data_dir

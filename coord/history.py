@@ -1,6 +1,6 @@
 """Checking a client history against the servers' own committed logs.
 
-This is the first, exact check of CORRECTNESS.md ("Checking histories"): the servers can
+This is the first, exact check of docs/correctness.md ("Checking histories"): the servers can
 tell us their linearization order, so use it. (:mod:`coord.linearizability` is the
 black-box cross-check that trusts no zxid.)
 
@@ -54,7 +54,7 @@ What is checked (each failure is a :class:`Violation`)
        one). It must fire once, with that change's event type and zxid, and before any
        later reply on its session that carries a zxid at or past the change; it must
        never fire without a due change. After a reconnect the server replays what was
-       missed at its current zxid, and only the net change (CORRECTNESS: SetWatches),
+       missed at its current zxid, and only the net change (docs/correctness.md, "Checking histories"),
        so there the event's zxid may be later and its type is that of the node's state
        then (deleted, or data-changed / created), as ZooKeeper's replay decides.
 
@@ -88,12 +88,13 @@ from coord.txn import (
     Txn,
     decode_txn,
 )
+from coord.zxid import counter_of, log_follows
+from coord.zxid import log_follows as zxid_follows  # its old name here, in __all__
 
 NO_NODE: Final = NoNodeError.code
 NODE_EXISTS: Final = NodeExistsError.code
 BAD_VERSION: Final = BadVersionError.code
 SESSION_EXPIRED: Final = SessionExpiredError.code
-_COUNTER_BITS: Final = 32
 
 
 class OpKind(enum.Enum):
@@ -103,7 +104,7 @@ class OpKind(enum.Enum):
     GET = "get"
     """A plain read: sequentially consistent (it may be served by a lagging follower)."""
     SYNC_GET = "sync+get"
-    """``sync`` then a read on the same session: linearizable (CORRECTNESS rule 8)."""
+    """``sync`` then a read on the same session: linearizable (docs/correctness.md, rule 8)."""
 
     @property
     def is_write(self) -> bool:
@@ -371,12 +372,6 @@ class MergedLog:
         return self.txns[-1].zxid if self.txns else self.base_zxid
 
 
-def zxid_follows(previous: int, zxid: int) -> bool:
-    """Whether ``zxid`` may directly follow ``previous`` in a log (as :mod:`coord.storage.log`):
-    strictly greater, and exactly one more within an epoch; a new epoch may start anywhere."""
-    return zxid > previous and (zxid >> _COUNTER_BITS != previous >> _COUNTER_BITS or zxid == previous + 1)
-
-
 def merge_logs(logs: Sequence[ServerLog], *, detail: int = 5) -> MergedLog:
     """Merge the servers' logs into the committed history (check 1 of the module doc).
 
@@ -445,14 +440,14 @@ def _runs_on(base: int, zxids: Sequence[int]) -> bool:
     """Whether ``zxids`` continue ``base`` without a gap."""
     previous = base
     for zxid in zxids:
-        if not zxid_follows(previous, zxid):
+        if not log_follows(previous, zxid):
             return False
         previous = zxid
     return True
 
 
 def _starts_fresh(first_zxid: int) -> bool:
-    return first_zxid & 0xFFFFFFFF == 1
+    return counter_of(first_zxid) == 1
 
 
 # --- the reference model ------------------------------------------------------------------

@@ -38,7 +38,7 @@ The model: a register with a version (one per key)
     Plain ZooKeeper reads are only sequentially consistent (a follower may serve a
     stale value), so only reads that are linearizable by contract belong here: in
     coord, ``sync()`` followed by a read on the same session, checked as one operation
-    from the sync's invocation to the read's completion (CORRECTNESS rule 8).
+    from the sync's invocation to the read's completion (docs/correctness.md, rule 8).
 
 The search: Wing & Gong (1993), with Lowe's memoisation (2017)
     The invocations and completions are sorted by time (at equal times invocations

@@ -115,7 +115,7 @@ def server_list(args: argparse.Namespace) -> str:
             with a port out of range; the message names where the list came from.
     """
     if args.server is not None:
-        source, text = "--server", args.server
+        source, text = "--server", str(args.server)
     elif os.environ.get("COORD_SERVERS"):
         source, text = "$COORD_SERVERS", os.environ["COORD_SERVERS"]
     else:

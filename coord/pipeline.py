@@ -23,7 +23,7 @@ Theory of operation
 
     Writes become txns here (via :class:`coord.prepare.Preparer`), are proposed,
     and are applied to the tree only when ``committed`` says they are durable
-    (CORRECTNESS rule 4: nothing is applied that is not durable). Reads are
+    (docs/correctness.md, rule 4: nothing is applied that is not durable). Reads are
     served from the applied tree.
 
 Per-session order (FIFO)
@@ -35,7 +35,7 @@ Per-session order (FIFO)
 Watches
     Applying a txn yields watch triggers; events are queued on the watchers'
     connections *before* the reply to the txn's requester, so a client sees a
-    watch event before the answer of any later request (DESIGN's contract).
+    watch event before the answer of any later request (docs/architecture.md, "Guarantees").
 
 Sessions
     A new session is a ``CreateSessionTxn``; its id is the zxid of that txn, so
@@ -81,13 +81,14 @@ import enum
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 from coord import protocol
-from coord.appmsg import decode_app, encode_app
+from coord.appmsg import ActiveSessions, ForwardedWrite, NewSession, SyncBarrier, decode_app, encode_app
 from coord.errors import (
     BadArgumentsError,
     CoordError,
+    MarshallingError,
     NoNodeError,
     NotLeaderError,
     NoWatcherError,
@@ -118,8 +119,9 @@ from coord.protocol import (
 )
 from coord.sessions import SessionTracker
 from coord.tree import DataTree
-from coord.txn import CloseSessionTxn, CreateSessionTxn, Txn, make_zxid
+from coord.txn import CloseSessionTxn, CreateSessionTxn, Txn
 from coord.watches import WatchKind, WatchManager, replay_missed
+from coord.zxid import epoch_of, make_zxid
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +262,7 @@ class Pipeline:
         self.epoch = epoch
         self.mode = mode
         self._touched: set[int] = set()  # follower: sessions active since the last report
+        self._reply_bytes_max = protocol.HEADER.size + protocol.frame_bytes_max(config.data_bytes_max)
         self._unsent_total = 0  # unsent reply bytes of all connections
         self._held: set[int] = set()  # connections with a read held for the total outbox bound
         self._offline_error: CoordError | None = None  # what writes get while OFFLINE (None: NotLeaderError)
@@ -293,7 +296,7 @@ class Pipeline:
         """ZAB established this server as leader: it orders writes from ``next_zxid``."""
         self._now_ms = now_ms
         self.mode = Mode.LEADER
-        self.epoch = next_zxid >> 32
+        self.epoch = epoch_of(next_zxid)
         self.preparer.reset(next_zxid)
         self._track_all_sessions(now_ms)
 
@@ -466,7 +469,7 @@ class Pipeline:
                     )
                 )
             else:
-                self._out.to_leader.append(encode_app(["s", password, timeout_ms]))
+                self._out.to_leader.append(encode_app(NewSession(password, timeout_ms)))
             return
         record = self.tree.sessions.get(handshake.session_id)
         if record is not None and record.password != handshake.password:
@@ -589,19 +592,17 @@ class Pipeline:
                     self._propose(txn)
                 else:
                     conn.queue.append(_Entry(xid, EntryKind.WRITE, None, close_after=close_after, size=size))
-                    self._out.to_leader.append(
-                        encode_app(["w", session_id, xid, protocol.encode_request(xid, request)])
-                    )
+                    self._out.to_leader.append(encode_app(ForwardedWrite(session_id, xid, request)))
             case SyncRequest():
                 # Linearizable: answered only after the leader confirmed with a quorum
-                # that it still leads (CORRECTNESS rule 8), and after this server
+                # that it still leads (docs/correctness.md, rule 8), and after this server
                 # applied everything committed before that.
                 conn.inflight_bytes += size
                 conn.queue.append(_Entry(xid, EntryKind.SYNC, request, size=size))
                 if self.mode is Mode.LEADER:
                     self._out.barriers.append((self.config.server_id, session_id, xid))
                 else:
-                    self._out.to_leader.append(encode_app(["y", session_id, xid]))
+                    self._out.to_leader.append(encode_app(SyncBarrier(session_id, xid)))
             case _:
                 if conn.queue or not self._may_serve(conn):
                     conn.inflight_bytes += size
@@ -644,20 +645,22 @@ class Pipeline:
             self._out.bad_peers.append(source)
             return
         match message:
-            case ("w", session_id, xid, request):
+            case ForwardedWrite(session_id=session_id, xid=xid, request=request):
                 self.sessions.touch(session_id, now_ms)
                 self._propose(self._prepare_write(session_id, xid, request, now_ms))
-            case ("s", password, timeout_ms):
+            case NewSession(password=password, timeout_ms=timeout_ms):
                 self._propose(
                     self.preparer.prepare_create_session(
                         timeout_ms=self.sessions.negotiate(timeout_ms), password=password, time_ms=self._wall(now_ms)
                     )
                 )
-            case ("t", touched):
-                for session_id in touched:
+            case ActiveSessions(session_ids=session_ids):
+                for session_id in session_ids:
                     self.sessions.touch(session_id, now_ms)
-            case ("y", session_id, xid):
+            case SyncBarrier(session_id=session_id, xid=xid):
                 self._out.barriers.append((source, session_id, xid))
+            case _:
+                assert_never(message)
 
     def from_leader(self, source: int, payload: bytes) -> None:
         """Follower: the leader answered a forwarded sync (after the commits before it)."""
@@ -667,16 +670,18 @@ class Pipeline:
             log.warning("malformed message from server %d (%s); dropping its link", source, error)
             self._out.bad_peers.append(source)
             return
-        match message:
-            case ("y", session_id, xid):
-                self._sync_done(session_id, xid)
+        if type(message) is SyncBarrier:
+            self._sync_done(message.session_id, message.xid)
+        else:
+            log.warning("server %d sent a %s to a follower; dropping its link", source, type(message).__name__)
+            self._out.bad_peers.append(source)
 
     def barrier_done(self, origin: int, session_id: int, xid: int) -> None:
         """Leader: the quorum round for a sync completed."""
         if origin == self.config.server_id:
             self._sync_done(session_id, xid)
         else:
-            self._out.to_followers.append((origin, encode_app(["y", session_id, xid])))
+            self._out.to_followers.append((origin, encode_app(SyncBarrier(session_id, xid))))
 
     def _sync_done(self, session_id: int, xid: int) -> None:
         conn = self._conn_of_session.get(session_id)
@@ -695,7 +700,7 @@ class Pipeline:
         return touched
 
     def _error_frame(self, xid: int, error: CoordError) -> bytes:
-        return _encode_frame([xid, self.tree.last_zxid, error.code, str(error)])
+        return _encode_frame(protocol.encode_reply(xid, self.tree.last_zxid, error.code, str(error)))
 
     def _read(self, conn: _Connection, xid: int, request: Request) -> bytes:
         """Serve a read (or a local op such as a watch change) from the applied tree."""
@@ -727,7 +732,7 @@ class Pipeline:
                 case SyncRequest(path=path):
                     # Standalone: everything this session wrote is applied once the
                     # sync reaches the head of its queue. (The ensemble confirms
-                    # leadership with a quorum round first: CORRECTNESS rule 8.)
+                    # leadership with a quorum round first: docs/correctness.md, rule 8.)
                     protocol.validate_path(path)
                     result = path
                 case AddWatchRequest(path=path, mode=mode):
@@ -764,7 +769,16 @@ class Pipeline:
                     raise UnimplementedError(f"unsupported request {type(request).__name__}")
         except CoordError as error:
             return self._error_frame(xid, error)
-        return _encode_frame([xid, tree.last_zxid, 0, result])
+        frame = _encode_frame(protocol.encode_reply(xid, tree.last_zxid, 0, result))
+        if len(frame) > self._reply_bytes_max:
+            # No client could read it (its frame limit is the server's); say so instead.
+            return self._error_frame(
+                xid,
+                MarshallingError(
+                    f"the reply would be {len(frame)} bytes, over the frame limit of {self._reply_bytes_max}"
+                ),
+            )
+        return frame
 
     # --- ordering and applying ----------------------------------------------------
 
@@ -795,7 +809,9 @@ class Pipeline:
                     # A forwarded write does not know its zxid: match it by its xid
                     # (a session's xids only grow, across reconnects too).
                     if entry.zxid == txn.zxid or (entry.zxid == 0 and entry.xid == txn.xid):
-                        entry.frame = _encode_frame([txn.xid, txn.zxid, result.error, result.result])
+                        entry.frame = _encode_frame(
+                            protocol.encode_reply(txn.xid, txn.zxid, result.error, result.result)
+                        )
                         self._flush(conn)
                     break
 
@@ -825,7 +841,7 @@ class Pipeline:
             watchers = self.watches.trigger(event_type, path)
             if not watchers:
                 continue
-            frame = _encode_frame([protocol.WATCH_XID, zxid, 0, [int(event_type), path]])
+            frame = _encode_frame(protocol.encode_event(WatchEvent(type=event_type, path=path, zxid=zxid)))
             for watcher in watchers:
                 conn = conn_of_session.get(watcher)
                 if conn is not None:
@@ -884,7 +900,7 @@ class Pipeline:
         if self.mode is Mode.FOLLOWER:
             touched = self.take_touches()
             if touched:
-                self._out.to_leader.append(encode_app(["t", touched]))
+                self._out.to_leader.append(encode_app(ActiveSessions(tuple(touched))))
             return
         if self.mode is not Mode.LEADER:
             return

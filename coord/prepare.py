@@ -276,6 +276,7 @@ class Preparer:
             body = self._prepare_multi(request, session_id, zxid, time_ms, writes)
         else:
             try:
+                assert not isinstance(request, MultiRequest)
                 body = self._prepare_op(request, session_id, zxid, time_ms, writes)
                 self._check_txn_bytes(txn_body_bytes(body))
             except CoordError as error:

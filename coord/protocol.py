@@ -19,7 +19,8 @@ Handshake (maps, because they are rare and must be readable)
     "zxid": Z, "server_id": N}`` or ``{"error": code, "message": ".."}`` and close.
 
 Requests and replies (arrays, because they are the hot path)
-    request: ``[xid, op, *fields]`` with fields per :class:`Op` (see ``_SCHEMAS``).
+    request: ``[xid, op, *fields]`` with fields per :class:`Op` (see ``_decode_op``;
+    every op, field and result: docs/protocol.md).
     reply:   ``[xid, zxid, err, result]`` where ``zxid`` is the server's last applied
     zxid after the op, ``err`` is 0 or an error code of :mod:`coord.errors` and
     ``result`` is the op's result (or a message string when ``err`` is not 0).
@@ -33,14 +34,14 @@ ZooKeeper's so that its documentation still applies.
 from __future__ import annotations
 
 import enum
-import io
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 import cbor2
 
+from coord.cbor import StrictCBORError, decode_strict
 from coord.errors import BadArgumentsError, UnimplementedError
 
 PROTOCOL_VERSION: Final = 1
@@ -767,17 +768,6 @@ def handshake_error(code: int, message: str) -> dict[str, Any]:
 # --- frames ------------------------------------------------------------------------
 
 
-def _refuse_tag(decoder: Any, tag: Any = None) -> NoReturn:
-    raise cbor2.CBORDecodeError("CBOR tags are not allowed")
-
-
-# cbor2 decodes these tags itself (datetimes, bignums, decimals, sets, ...) before any
-# tag_hook sees them; map every one we know of, and all small numbers, to a refusal.
-_REFUSED_TAGS: Final = {
-    tag: _refuse_tag for tag in [*range(0, 1024), 1004, 1040, 1041, 43000, 52, 54, 55799, 55800, 55801]
-}
-
-
 def encode_frame(item: Any) -> bytes:
     """One frame: length prefix and CBOR body."""
     body = cbor2.dumps(item)
@@ -790,21 +780,10 @@ def decode_body(body: bytes) -> Any:
     Raises:
         ProtocolError: the body is not exactly one acceptable CBOR item.
     """
-    stream = io.BytesIO(body)
     try:
-        decoder = cbor2.CBORDecoder(
-            stream,
-            tag_hook=_refuse_tag,
-            semantic_decoders=_REFUSED_TAGS,
-            max_depth=8,
-            strict_hashable_types=True,
-            allow_duplicate_keys=False,
-        )
-        item = decoder.decode()
-    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError, MemoryError) as error:
-        raise ProtocolError(f"malformed CBOR: {error}") from None
-    if stream.tell() != len(body):
-        raise ProtocolError(f"{len(body) - stream.tell()} stray bytes after the CBOR item")
+        item = decode_strict(body, max_depth=8)
+    except StrictCBORError as error:
+        raise ProtocolError(str(error)) from None
     if type(item) is float:
         raise ProtocolError("floats are not allowed")
     return item
@@ -836,7 +815,7 @@ class FrameReader:
         if len(self._buffer) < 4:
             return 4 - len(self._buffer)
         (length,) = HEADER.unpack_from(self._buffer)
-        return max(0, 4 + length - len(self._buffer))
+        return max(0, 4 + int(length) - len(self._buffer))
 
     def ready(self) -> bool:
         """Whether a complete frame is buffered.
@@ -847,7 +826,7 @@ class FrameReader:
         buffer = self._buffer
         if len(buffer) < 4:
             return False
-        (length,) = HEADER.unpack_from(buffer)
+        length: int = HEADER.unpack_from(buffer)[0]
         if length > self._frame_bytes_max:
             raise ProtocolError(f"frame of {length} bytes is over the limit of {self._frame_bytes_max}")
         return len(buffer) >= 4 + length

@@ -1,7 +1,7 @@
 """Recovery: rebuild a server's state from its data directory at start-up.
 
 State = the newest valid snapshot + a replay of every log entry after it. The
-rules (CORRECTNESS 4 and 6):
+rules (docs/correctness.md, rules 4 and 6):
 
 - The log must be contiguous from the snapshot on: a gap means acknowledged
   writes are missing, so the server refuses to start rather than serve a tree
@@ -52,7 +52,8 @@ from pathlib import Path
 from coord.errors import DataInconsistencyError
 from coord.storage import ACCEPTED_EPOCH, CURRENT_EPOCH, SnapshotStore, TxnLog
 from coord.tree import DataTree
-from coord.txn import counter_of, decode_txn, epoch_of
+from coord.txn import decode_txn
+from coord.zxid import counter_of, epoch_of, log_follows
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def recover(data_dir: Path, *, log_map_bytes: int, replay: bool = True) -> Recov
         replay: apply the log after the snapshot to the tree. A server leaves this
             off: its log may end in proposals that were never committed (a follower
             of a leader that died), so ZAB delivers the log's entries only once
-            synchronisation shows they are committed (rule 4). Tools that inspect a
+            synchronisation shows they are committed (docs/correctness.md, rule 4). Tools that inspect a
             stopped standalone server's state (where everything logged committed)
             turn it on; the log is verified either way.
 
@@ -150,7 +151,7 @@ def recover(data_dir: Path, *, log_map_bytes: int, replay: bool = True) -> Recov
         previous = snapshot_zxid
         try:
             for zxid, data in txn_log.read(snapshot_zxid, verify=True):
-                if previous and zxid != previous + 1 and epoch_of(zxid) <= epoch_of(previous):
+                if previous and not log_follows(previous, zxid):
                     raise _damaged(data_dir, f"{log_file} has a gap between zxid {previous:#x} and {zxid:#x}")
                 previous = zxid
                 txn = decode_txn(data)

@@ -125,6 +125,14 @@ _TOML_KEYS: dict[str, tuple[str, str]] = {
     "snapshots_retained": ("storage", "snapshots_retained"),
     "log_map_bytes": ("storage", "log_map_bytes"),
     "data_bytes_max": ("limits", "data_bytes_max"),
+    "txn_bytes_max": ("limits", "txn_bytes_max"),
+    "path_bytes_max": ("limits", "path_bytes_max"),
+    "path_depth_max": ("limits", "path_depth_max"),
+    "connection_outstanding_max": ("limits", "connection_outstanding_max"),
+    "connection_inflight_bytes_max": ("limits", "connection_inflight_bytes_max"),
+    "connection_outbox_bytes_max": ("limits", "connection_outbox_bytes_max"),
+    "outbox_bytes_total_max": ("limits", "outbox_bytes_total_max"),
+    "connection_stall_ms": ("limits", "connection_stall_ms"),
 }
 
 

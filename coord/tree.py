@@ -305,7 +305,11 @@ class DataTree:
         return ApplyResult(error, result, events)
 
     def _apply_multi_op(
-        self, op: CreateTxn | DeleteTxn | SetDataTxn | CheckTxn, zxid: int, time_ms: int, events: list
+        self,
+        op: CreateTxn | DeleteTxn | SetDataTxn | CheckTxn,
+        zxid: int,
+        time_ms: int,
+        events: list[tuple[EventType, str]],
     ) -> Any:
         match op:
             case CreateTxn():
@@ -321,7 +325,7 @@ class DataTree:
             case _:
                 assert_never(op)
 
-    def _apply_create(self, body: CreateTxn, zxid: int, time_ms: int, events: list) -> list[Any]:
+    def _apply_create(self, body: CreateTxn, zxid: int, time_ms: int, events: list[tuple[EventType, str]]) -> list[Any]:
         for parent in body.parents:
             self._create(parent, b"", _PERSISTENT, 0, 0, zxid, time_ms, events)
         node = self._create(body.path, body.data, body.mode, body.ephemeral_owner, body.ttl_ms, zxid, time_ms, events)
@@ -336,7 +340,7 @@ class DataTree:
         ttl_ms: int,
         zxid: int,
         time_ms: int,
-        events: list,
+        events: list[tuple[EventType, str]],
     ) -> Node:
         nodes = self.nodes
         assert path not in nodes, path
@@ -364,7 +368,7 @@ class DataTree:
         events.append((_CHILDREN_CHANGED, parent_path))
         return node
 
-    def _delete(self, path: str, zxid: int, events: list) -> None:
+    def _delete(self, path: str, zxid: int, events: list[tuple[EventType, str]]) -> None:
         nodes = self.nodes
         node = nodes.pop(path)
         assert not node.num_children, path
@@ -387,7 +391,7 @@ class DataTree:
         events.append((_DELETED, path))
         events.append((_CHILDREN_CHANGED, parent_path))
 
-    def _set_data(self, path: str, data: bytes, zxid: int, time_ms: int, events: list) -> Node:
+    def _set_data(self, path: str, data: bytes, zxid: int, time_ms: int, events: list[tuple[EventType, str]]) -> Node:
         nodes = self.nodes
         nodes[path] = node = nodes[path].with_data(data, zxid, time_ms)
         events.append((_DATA_CHANGED, path))
@@ -445,10 +449,13 @@ class DataTree:
             raise ValueError(f"not a tree image of format {_IMAGE_FORMAT}: {magic!r:.20} {image_format!r:.20}")
         tree = cls.__new__(cls)
         tree.last_zxid = last_zxid
-        tree.nodes = nodes = {}
+        nodes: dict[str, Node] = {}
+        tree.nodes = nodes
         tree.sessions = {sid: SessionRecord(sid, timeout_ms, password) for sid, timeout_ms, password in sessions}
-        tree._children = children = {}
-        tree._ephemerals = ephemerals = {}
+        children: dict[str, set[str]] = {}
+        ephemerals: dict[int, set[str]] = {}
+        tree._children = children
+        tree._ephemerals = ephemerals
         tree._containers = containers = set()
         tree._ttls = ttls = set()
         try:

@@ -24,6 +24,9 @@ from typing import Any
 import cbor2
 
 from coord.protocol import CreateMode
+from coord.zxid import counter_of as counter_of  # re-exported: zxid arithmetic lives in coord.zxid
+from coord.zxid import epoch_of as epoch_of
+from coord.zxid import make_zxid as make_zxid
 
 
 class TxnKind(enum.IntEnum):
@@ -219,17 +222,3 @@ def decode_txn(data: bytes) -> Txn:
         return Txn(zxid=item[0], time_ms=item[1], session_id=item[2], xid=item[3], body=_decode_body(item[4:]))
     except (IndexError, TypeError, KeyError, cbor2.CBORDecodeError) as error:
         raise ValueError(f"malformed txn: {error}") from error
-
-
-def make_zxid(epoch: int, counter: int) -> int:
-    """``(epoch << 32) | counter``, as ZooKeeper."""
-    assert 0 <= counter < (1 << 32) and epoch >= 0
-    return (epoch << 32) | counter
-
-
-def epoch_of(zxid: int) -> int:
-    return zxid >> 32
-
-
-def counter_of(zxid: int) -> int:
-    return zxid & 0xFFFFFFFF

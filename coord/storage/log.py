@@ -19,12 +19,12 @@ hundred entries costs about what a commit of one does, and throughput grows with
 load instead of being capped at one fsync round per txn.
 
 **Durable defaults, on purpose.** The environment is opened with ``sync=True``,
-``metasync=True``, no ``writemap`` and no ``map_async`` (CORRECTNESS rule 5). Any of
+``metasync=True``, no ``writemap`` and no ``map_async`` (docs/correctness.md, rule 5). Any of
 the "fast" settings can undo the last commit on a machine crash - an entry that a
 follower already ACKed, lost on every server at once after a power cut. When
 :meth:`append` returns, the batch is on stable storage.
 
-**Ordering (CORRECTNESS rule 6).** A zxid is ``(epoch << 32) | counter``. Each
+**Ordering (docs/correctness.md, rule 6).** A zxid is ``(epoch << 32) | counter``. Each
 appended zxid must follow the previous one (the last entry, or the *base* when the
 log holds none): strictly greater, and within the same epoch exactly ``counter + 1``.
 A new epoch may start at any counter. A violation is a bug in the caller, so
@@ -98,6 +98,8 @@ import lmdb
 from coord.errors import DataInconsistencyError, StorageError, StorageFullError
 from coord.storage.lmdb_check import LmdbFileError, check_data_file
 from coord.storage.space import disk_is_full
+from coord.zxid import describe_zxid, log_follows
+from coord.zxid import log_follows as zxid_follows  # its old name here, re-exported by coord.storage
 
 __all__ = [
     "ACCEPTED_EPOCH",
@@ -124,7 +126,6 @@ _KEY = struct.Struct(">Q")
 _CRC = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _ZXID_LIMIT: Final = 1 << 64
-_COUNTER_BITS: Final = 32
 _PURGE_CHUNK: Final = 50_000  # entries deleted per transaction: bounds a txn's dirty pages
 _META_PAGES: Final = 2
 _MAP_BYTES_MIN: Final = 128 << 10
@@ -149,21 +150,6 @@ class CorruptLogError(DataInconsistencyError):
 
 class LogOrderError(ValueError):
     """An append or truncation would break the log's order or contiguity (a caller bug)."""
-
-
-def zxid_follows(previous: int, zxid: int) -> bool:
-    """Whether ``zxid`` may come right after ``previous`` in a log (CORRECTNESS rule 6).
-
-    Strictly greater, and in the same epoch exactly one more; a new epoch may start
-    at any counter.
-    """
-    if zxid <= previous:
-        return False
-    return zxid >> _COUNTER_BITS != previous >> _COUNTER_BITS or zxid == previous + 1
-
-
-def _format_zxid(zxid: int) -> str:
-    return f"{zxid:#x} (epoch {zxid >> _COUNTER_BITS}, counter {zxid & 0xFFFFFFFF})"
 
 
 def _checksum(key: bytes | memoryview, txn: bytes | memoryview) -> int:
@@ -233,7 +219,7 @@ class TxnLog:
                 str(directory),
                 map_size=map_bytes,
                 subdir=True,
-                # Durable defaults, spelled out so that nobody "tunes" them (rule 5).
+                # Durable defaults, spelled out so that nobody "tunes" them (docs/correctness.md, rule 5).
                 sync=True,
                 metasync=True,
                 writemap=False,
@@ -336,7 +322,7 @@ class TxnLog:
 
         Args:
             entries: in zxid order, each following the one before it and the first
-                following the log (see :func:`zxid_follows`). Empty: nothing happens.
+                following the log (see :func:`~coord.zxid.log_follows`). Empty: nothing happens.
 
         Raises:
             LogOrderError: the batch breaks order or contiguity; nothing was written.
@@ -352,9 +338,9 @@ class TxnLog:
             previous = self._last or self._base
             items: list[tuple[bytes, bytes]] = []
             for zxid, txn in entries:
-                if not 0 < zxid < _ZXID_LIMIT or not zxid_follows(previous, zxid):
+                if not 0 < zxid < _ZXID_LIMIT or not log_follows(previous, zxid):
                     raise LogOrderError(
-                        f"zxid {_format_zxid(zxid)} cannot follow {_format_zxid(previous)}: "
+                        f"zxid {describe_zxid(zxid)} cannot follow {describe_zxid(previous)}: "
                         "zxids must grow, and by exactly one within an epoch; nothing was written"
                     )
                 key = _KEY.pack(zxid)
@@ -397,8 +383,8 @@ class TxnLog:
         with self._write_lock:
             if zxid < self._base:
                 raise LogOrderError(
-                    f"cannot truncate after {_format_zxid(zxid)}: the log was purged through "
-                    f"{_format_zxid(self._base)} (a snapshot covers it)"
+                    f"cannot truncate after {describe_zxid(zxid)}: the log was purged through "
+                    f"{describe_zxid(self._base)} (a snapshot covers it)"
                 )
             if zxid >= self._last:
                 return 0
@@ -418,7 +404,7 @@ class TxnLog:
             self._last = new_last
             if not new_last:
                 self._first = 0
-            log.info("truncated %d entries after %s", deleted, _format_zxid(zxid))
+            log.info("truncated %d entries after %s", deleted, describe_zxid(zxid))
             return deleted
 
     def purge_through(self, zxid: int) -> int:
@@ -473,7 +459,7 @@ class TxnLog:
                 if not has_more:
                     break
         if total:
-            log.info("purged %d entries through %s", total, _format_zxid(zxid))
+            log.info("purged %d entries through %s", total, describe_zxid(zxid))
         return total
 
     def set_meta(self, key: str, value: int) -> None:
@@ -553,9 +539,9 @@ class TxnLog:
                 previous: int | None = None
                 for key, value in cursor.iternext(keys=True, values=True):
                     zxid, txn_bytes = _decode_entry(key, value, verify=verify)
-                    if verify and previous is not None and not zxid_follows(previous, zxid):
+                    if verify and previous is not None and not log_follows(previous, zxid):
                         raise CorruptLogError(
-                            f"log entry {_format_zxid(zxid)} does not follow {_format_zxid(previous)}: a gap",
+                            f"log entry {describe_zxid(zxid)} does not follow {describe_zxid(previous)}: a gap",
                             zxid=zxid,
                         )
                     previous = zxid
@@ -608,9 +594,9 @@ class TxnLog:
                 previous = 0 if raw_base is None else _decode_u64(bytes(raw_base), "log.base_zxid")
                 for key, value in txn.cursor(db=self._log_db).iternext(keys=True, values=True):
                     zxid, _ = _decode_entry(key, value, verify=True)
-                    if not zxid_follows(previous, zxid):
+                    if not log_follows(previous, zxid):
                         raise CorruptLogError(
-                            f"log entry {_format_zxid(zxid)} does not follow {_format_zxid(previous)}: a gap",
+                            f"log entry {describe_zxid(zxid)} does not follow {describe_zxid(previous)}: a gap",
                             zxid=zxid,
                         )
                     previous = zxid
@@ -676,17 +662,17 @@ def _decode_entry(key: bytes | memoryview, value: bytes | memoryview, *, verify:
         raise CorruptLogError(f"a log key is {len(key)} bytes long, not {_KEY.size}: {bytes(key).hex()}")
     zxid = _KEY.unpack(key)[0]
     if len(value) < _CRC.size:
-        raise CorruptLogError(f"log entry {_format_zxid(zxid)} is truncated ({len(value)} bytes)", zxid=zxid)
+        raise CorruptLogError(f"log entry {describe_zxid(zxid)} is truncated ({len(value)} bytes)", zxid=zxid)
     txn = bytes(value[_CRC.size :])
     if verify and _CRC.unpack(value[: _CRC.size])[0] != _checksum(key, txn):
-        raise CorruptLogError(f"log entry {_format_zxid(zxid)} fails its checksum: damaged on disk", zxid=zxid)
+        raise CorruptLogError(f"log entry {describe_zxid(zxid)} fails its checksum: damaged on disk", zxid=zxid)
     return zxid, txn
 
 
 def _decode_u64(raw: bytes, name: str) -> int:
     if len(raw) != _U64.size:
         raise CorruptLogError(f"meta value {name!r} is {len(raw)} bytes long, not {_U64.size}")
-    return _U64.unpack(raw)[0]
+    return int(_U64.unpack(raw)[0])
 
 
 def _read_error(exc: lmdb.Error) -> DataInconsistencyError | StorageError:

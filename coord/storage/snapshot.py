@@ -19,7 +19,7 @@ The digest covers the header fields as well as the payload (not the payload alon
 the zxid in the header is the one we trust, so a flipped bit in it must be caught
 like a flipped bit in the data, or recovery would replay the log from the wrong place.
 
-**The header is the truth** (CORRECTNESS rule 4). Files are *named*
+**The header is the truth** (docs/correctness.md, rule 4). Files are *named*
 ``snapshot.<zxid as 16 hex digits>`` for the operator's benefit, but nothing here
 takes a zxid from a name: a file whose name disagrees with its header is used at the
 header's zxid (ZOOKEEPER-582 lost data by trusting names).
@@ -45,6 +45,7 @@ file of a write in progress in this process).
 
 from __future__ import annotations
 
+import builtins
 import errno
 import hashlib
 import itertools
@@ -76,6 +77,10 @@ def _digest(zxid: int, payload: bytes | memoryview) -> bytes:
     hasher = hashlib.sha256(_SIGNED.pack(VERSION, zxid, len(payload)))
     hasher.update(payload)
     return hasher.digest()
+
+
+SnapshotList = list[tuple[int, Path]]
+"""Snapshots as ``(zxid, path)``, by zxid ascending."""
 
 
 class SnapshotStore:
@@ -145,14 +150,14 @@ class SnapshotStore:
                 return loaded
         return None
 
-    def list(self) -> list[tuple[int, Path]]:
+    def list(self) -> SnapshotList:
         """Snapshots whose header looks valid, as ``(zxid, path)`` by header zxid ascending.
 
         Cheap: reads headers only; the digest is checked by :meth:`latest` and :meth:`purge`.
         """
         return self._candidates()
 
-    def purge(self, keep: int) -> list[int]:
+    def purge(self, keep: int) -> builtins.list[int]:
         """Delete old snapshots, keeping the newest ``keep`` that verify.
 
         Only snapshots older than the oldest kept one are deleted (damaged newer files
@@ -179,7 +184,7 @@ class SnapshotStore:
                     break
         if cutoff is None or len(kept) < keep:
             return []
-        deleted: list[int] = []
+        deleted: builtins.list[int] = []
         for zxid, path in candidates:
             if zxid > cutoff:
                 break
@@ -199,8 +204,8 @@ class SnapshotStore:
 
     # --- internals ---------------------------------------------------------------
 
-    def _candidates(self) -> list[tuple[int, Path]]:
-        found: list[tuple[int, Path]] = []
+    def _candidates(self) -> SnapshotList:
+        found: SnapshotList = []
         try:
             names = os.listdir(self.directory)
         except OSError as exc:
@@ -282,7 +287,7 @@ def _read_header_zxid(path: Path) -> int | None:
     if size != _HEADER.size + length:
         log.warning("ignoring snapshot %s: %d bytes long, header says %d", path, size, _HEADER.size + length)
         return None
-    return zxid
+    return int(zxid)
 
 
 def _fsync_directory(directory: Path) -> None:

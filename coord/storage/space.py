@@ -17,7 +17,7 @@ the ``fdatasync``, with ``EIO``. The rule, applied after a write failed:
    whichever this process is) or no free inodes: full.
 3. Anything else: an I/O error.
 
-Rule 2 can call an I/O error on a nearly full disk "full"; the server does the same
+Step 2 can call an I/O error on a nearly full disk "full"; the server does the same
 for both (it refuses the write and rebuilds its state from disk), only the error
 the client sees and the operator reads differs, and a nearly full disk needs space
 anyway.

@@ -43,8 +43,11 @@ from coord.zab.types import RoleChange as RoleChange
 from coord.zab.types import SnapshotRecord as SnapshotRecord
 from coord.zab.types import TruncateRecord as TruncateRecord
 from coord.zab.types import Zxid as Zxid
-from coord.zab.zxid import counter_of as counter_of
-from coord.zab.zxid import epoch_of as epoch_of
-from coord.zab.zxid import format_zxid as format_zxid
-from coord.zab.zxid import make_zxid as make_zxid
-from coord.zab.zxid import zxid_follows as zxid_follows
+from coord.zxid import counter_of as counter_of
+from coord.zxid import epoch_of as epoch_of
+from coord.zxid import format_zxid as format_zxid
+from coord.zxid import make_zxid as make_zxid
+from coord.zxid import zab_follows as zab_follows
+
+zxid_follows = zab_follows
+"""ZAB's rule (:func:`coord.zxid.zab_follows`) under its old name here."""

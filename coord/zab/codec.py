@@ -5,7 +5,7 @@ listed in ``_TAGS``) and the fields in the dataclass's declaration order. Arrays
 not maps, because proposals and acks are the hot path; the schema lives here.
 
 Decoding is strict, because a peer link is an input like any other
-(CORRECTNESS, "Hostile input"): exactly one CBOR item and no trailing bytes, no
+(docs/correctness.md, "Hostile input"): exactly one CBOR item and no trailing bytes, no
 CBOR tags at all (cbor2 would otherwise build datetimes, bignums, sets ...), a
 bounded nesting depth, and then every field's type and range is checked: integers
 are real ints (not bools or floats) within their bounds, flags are real booleans, byte strings are bytes, a
@@ -17,13 +17,13 @@ Framing (the length prefix and its limit) is the transport's job, not this one's
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from dataclasses import fields
 from typing import Any, Final, NoReturn
 
 import cbor2
 
+from coord.cbor import StrictCBORError, decode_strict
 from coord.zab.messages import (
     Ack,
     AckEpoch,
@@ -46,7 +46,7 @@ from coord.zab.messages import (
     UpToDate,
 )
 from coord.zab.types import Role
-from coord.zab.zxid import COUNTER_MAX, EPOCH_MAX, ZXID_MAX, counter_of
+from coord.zxid import COUNTER_MAX, EPOCH_MAX, ZXID_MAX, counter_of
 
 _TAGS: Final[dict[type[Message], int]] = {
     Notification: 1,
@@ -154,37 +154,16 @@ def encode_message(message: Message) -> bytes:
     return cbor2.dumps(item)
 
 
-def _refuse_tag(decoder: Any, tag: Any = None) -> NoReturn:
-    raise cbor2.CBORDecodeError("CBOR tags are not allowed")
-
-
-# cbor2 decodes these tags itself before any tag_hook sees them; refuse them all.
-_REFUSED_TAGS: Final = {
-    tag: _refuse_tag for tag in [*range(0, 1024), 1004, 1040, 1041, 43000, 52, 54, 55799, 55800, 55801]
-}
-
-
 def decode_message(data: bytes) -> Message:
     """Decode and validate one message.
 
     Raises:
         ValueError: ``data`` is not exactly one well-formed ZAB message.
     """
-    stream = io.BytesIO(data)
     try:
-        decoder = cbor2.CBORDecoder(
-            stream,
-            tag_hook=_refuse_tag,
-            semantic_decoders=_REFUSED_TAGS,
-            max_depth=4,
-            strict_hashable_types=True,
-            allow_duplicate_keys=False,
-        )
-        item = decoder.decode()
-    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError, MemoryError) as error:
-        raise ValueError(f"malformed CBOR: {error}") from None
-    if stream.tell() != len(data):
-        _fail(f"{len(data) - stream.tell()} stray bytes after the message")
+        item = decode_strict(data, max_depth=4)
+    except StrictCBORError as error:
+        raise ValueError(f"{error.stray} stray bytes after the message" if error.stray else str(error)) from None
     if type(item) is not list or not item:
         _fail("a message is a non-empty array")
     tag = item[0]

@@ -4,9 +4,9 @@ The roles (:class:`~coord.zab.election.Election`, :class:`~coord.zab.leader.Lead
 :class:`~coord.zab.follower.Follower`) come and go with every role change; the
 :class:`Context` stays for the life of the :class:`~coord.zab.peer.Peer`.
 
-Delivery (rule 4): a txn reaches ``Output.deliver`` only when it is committed (as
+Delivery (docs/correctness.md, rule 4): a txn reaches ``Output.deliver`` only when it is committed (as
 far as this server knows: ``commit_zxid``) AND durable here (``persisted`` covered
-it), strictly in zxid order with no gap (rule 6). A snapshot from the leader is
+it), strictly in zxid order with no gap (docs/correctness.md, rule 6). A snapshot from the leader is
 installed (``Output.install``) once its record is durable; deliveries still
 waiting in the same output are then dropped, as the snapshot supersedes them.
 
@@ -23,7 +23,7 @@ from collections import deque
 from coord.zab.journal import Journal
 from coord.zab.messages import Message
 from coord.zab.types import DurableState, Envelope, Output, PeerConfig, Record, Role, RoleChange, Zxid
-from coord.zab.zxid import format_zxid, zxid_follows
+from coord.zxid import format_zxid, zab_follows
 
 log = logging.getLogger("coord.zab")
 
@@ -81,7 +81,7 @@ class Context:
         return self._barrier_ids
 
     def reset_role_state(self) -> None:
-        """Forget what only the previous role knew (rule 4); keep what the app reflects."""
+        """Forget what only the previous role knew (docs/correctness.md, rule 4); keep what the app reflects."""
         self.journal.clear_cache()
         self._app_waiting.clear()
         self.commit_zxid = self.delivered_zxid
@@ -99,7 +99,7 @@ class Context:
         bound = min(self.commit_zxid, self.journal.durable_last_zxid)
         if bound > self.delivered_zxid:
             for zxid, txn in self.journal.entries_between(self.delivered_zxid, bound):
-                assert zxid_follows(self.delivered_zxid, zxid), (
+                assert zab_follows(self.delivered_zxid, zxid), (
                     f"delivery gap: {format_zxid(zxid)} after {format_zxid(self.delivered_zxid)}"
                 )
                 self.out.deliver.append((zxid, txn))

@@ -9,7 +9,7 @@ zxid, then server id** (:class:`Vote` compares in that order). Because a server'
 currentEpoch only becomes e after it durably holds epoch e's whole initial
 history, and every committed txn is durable on a quorum, the best vote of any
 quorum names a server whose history holds every committed txn; that is why the
-epoch comes first (CORRECTNESS rules 1-3 rest on it).
+epoch comes first (docs/correctness.md, rules 1-3 rest on it).
 
 One :class:`Election` object lives for one LOOKING period:
 

@@ -9,7 +9,7 @@ until it gives up on it. Its phases (:class:`FollowerPhase`):
    handshake) and wait for NEWEPOCH. A NEWEPOCH below our acceptedEpoch means the
    leader is stale: back to LOOKING.
 2. **ACCEPTING_EPOCH**: write acceptedEpoch = newEpoch; ACKEPOCH(currentEpoch,
-   lastZxid) goes out only when ``persisted`` covers it (rule 1) — and everything
+   lastZxid) goes out only when ``persisted`` covers it (docs/correctness.md, rule 1) — and everything
    emitted before it, so the follower's log is exactly what it reports. An epoch
    already accepted earlier is acknowledged without promise (``is_first_ack``
    False, ZooKeeper's currentEpoch = -1): one promise per epoch, or two leaders that
@@ -20,14 +20,14 @@ until it gives up on it. Its phases (:class:`FollowerPhase`):
    state). Then the history entries, each run naming the entry before it, which
    must be our last (a run lost on a broken link is noticed even across an epoch
    boundary, where numbers alone cannot show it); each appended contiguously
-   (rule 6).
+   (docs/correctness.md, rule 6).
 4. **NEWLEADER_PERSIST**: NEWLEADER(epoch, z) must find our log ending exactly at
    z (else part of the sync was lost: back to LOOKING). Write currentEpoch =
    epoch; only when ``persisted`` covers it — and so the whole history before it
-   — send ACKNEWLEADER (rule 1; ZOOKEEPER-4643/4646/3911).
+   — send ACKNEWLEADER (docs/correctness.md, rule 1; ZOOKEEPER-4643/4646/3911).
 5. **BROADCAST**: UPTODATE(commit) makes us ready. PROPOSALs of this epoch are
    appended and ACKed cumulatively once durable; COMMITs (and the commit point in
-   PINGs) deliver what is committed and durable, in order (rule 4).
+   PINGs) deliver what is committed and durable, in order (docs/correctness.md, rule 4).
 
 Proposals and application messages are accepted from the NEWLEADER on (the
 leader forwards to us from the moment it sent it); commit points only from
@@ -39,7 +39,7 @@ A follower gives up (back to LOOKING) when the sync is not complete within
 ``init_limit_ticks``, when the leader is silent for more than
 ``sync_limit_ticks`` afterwards, and when the link evidently lost messages (a gap
 in proposals, or a commit beyond our log): a fresh sync repairs it, so gaps are
-never written (rule 6).
+never written (docs/correctness.md, rule 6).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ from coord.zab.messages import (
     UpToDate,
 )
 from coord.zab.types import Role, Zxid
-from coord.zab.zxid import epoch_of, format_zxid, zxid_follows
+from coord.zxid import epoch_of, format_zxid, zab_follows
 
 
 class FollowerPhase(enum.Enum):
@@ -262,7 +262,7 @@ class Follower:
             entry = zxid + offset
             if entry <= journal.last_zxid:
                 continue  # a duplicate of an entry of this leader's history we already hold
-            if not zxid_follows(journal.last_zxid, entry):
+            if not zab_follows(journal.last_zxid, entry):
                 self._abandon(f"gap from leader: {format_zxid(entry)} after {format_zxid(journal.last_zxid)}")
                 return
             journal.append(entry, txn)

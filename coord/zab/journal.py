@@ -16,10 +16,10 @@ views:
   state the disk will be in once everything emitted so far is written. Votes,
   FOLLOWERINFO and contiguity checks use it, because whatever the core emits next
   lands after those records. If the server crashes first, a new ``Peer`` starts
-  from what really is durable (rule 4), so nothing in memory survives that.
+  from what really is durable (docs/correctness.md, rule 4), so nothing in memory survives that.
 - the **durable view** (``durable_last_zxid``, ``durable_current_epoch``, ...): what
   ``persisted`` has confirmed. ACKs, ACKEPOCH, NEWLEADER acknowledgements and
-  delivery wait for it (rule 1: persist before you promise).
+  delivery wait for it (docs/correctness.md, rule 1: persist before you promise).
 
 The :class:`~coord.zab.types.DurableState` object is read, never written: by
 contract it reflects at least every record that ``persisted`` has confirmed (it
@@ -33,7 +33,7 @@ The journal also caches the txns it appended so that delivery need not read them
 back from disk; entries missing from the cache (appended by an earlier role or
 an earlier process) are read with ``DurableState.entries_after``.
 
-Invariants (asserted): zxids appended are contiguous (rule 6); acceptedEpoch and
+Invariants (asserted): zxids appended are contiguous (docs/correctness.md, rule 6); acceptedEpoch and
 currentEpoch never decrease and currentEpoch <= acceptedEpoch; a truncation only
 removes a suffix; ``persisted`` never runs ahead of what was emitted.
 """
@@ -44,7 +44,7 @@ from collections import deque
 from collections.abc import Callable
 
 from coord.zab.types import DurableState, EpochRecord, LogEntry, Record, SnapshotRecord, TruncateRecord, Zxid
-from coord.zab.zxid import COUNTER_MAX, epoch_of, format_zxid, make_zxid, zxid_follows
+from coord.zxid import COUNTER_MAX, counter_of, epoch_of, format_zxid, make_zxid, zab_follows
 
 
 class Journal:
@@ -53,7 +53,7 @@ class Journal:
     def __init__(self, durable: DurableState, emit: Callable[[Record], None]) -> None:
         self.durable = durable
         self._emit = emit
-        # Rule 4: at start, durable state is the only source of truth.
+        # docs/correctness.md, rule 4: at start, durable state is the only source of truth.
         self.accepted_epoch = durable.accepted_epoch
         self.current_epoch = durable.current_epoch
         self.last_zxid = durable.last_zxid()
@@ -72,8 +72,8 @@ class Journal:
     # --- writing ---------------------------------------------------------------------
 
     def append(self, zxid: Zxid, txn: bytes) -> LogEntry:
-        """Emit one log entry; it must follow the log's last zxid (rule 6)."""
-        assert zxid_follows(self.last_zxid, zxid), f"gap: {format_zxid(zxid)} after {format_zxid(self.last_zxid)}"
+        """Emit one log entry; it must follow the log's last zxid (docs/correctness.md, rule 6)."""
+        assert zab_follows(self.last_zxid, zxid), f"gap: {format_zxid(zxid)} after {format_zxid(self.last_zxid)}"
         assert epoch_of(zxid) <= self.accepted_epoch, "a txn of an epoch never accepted"
         if not self._cache:
             self._cache_base = self.last_zxid
@@ -192,7 +192,7 @@ class Journal:
         entries.extend(entry for entry in self._pending_entries() if entry[0] > last)
         previous = zxid
         for entry, _ in entries:
-            assert zxid_follows(previous, entry), f"history gap: {format_zxid(entry)} after {format_zxid(previous)}"
+            assert zab_follows(previous, entry), f"history gap: {format_zxid(entry)} after {format_zxid(previous)}"
             previous = entry
         assert previous == max(zxid, self.last_zxid), "history does not reach the log's last zxid"
         return entries
@@ -209,7 +209,7 @@ class Journal:
             return self.last_zxid
         epoch = epoch_of(zxid)
         while True:
-            top = zxid & COUNTER_MAX if epoch == epoch_of(zxid) else COUNTER_MAX
+            top = counter_of(zxid) if epoch == epoch_of(zxid) else COUNTER_MAX
             if top >= 1 and self.history_contains(make_zxid(epoch, 1)):
                 low, high = 1, top
                 while low < high:

@@ -11,7 +11,7 @@ steps down. Its phases (:class:`LeaderPhase`):
 2. **EPOCH_PERSIST**: the new acceptedEpoch is written. NEWEPOCH goes out only
    when it is durable — and since records are written in order, everything the
    stream held before it is durable too, so from here on the durable state is
-   this leader's history (rule 4).
+   this leader's history (docs/correctness.md, rule 4).
 3. **EPOCH_ACKS**: wait for ACKEPOCH from a quorum — counting only first
    acknowledgements of the epoch (``is_first_ack``), so that no follower's promise
    serves two leaders that picked the same epoch number. A follower whose
@@ -24,7 +24,7 @@ steps down. Its phases (:class:`LeaderPhase`):
 4. **SYNC**: each follower gets DIFF, TRUNC or SNAP (:func:`plan_sync`), the
    history entries, then NEWLEADER(epoch, our last zxid). When a quorum —
    ourselves once our currentEpoch record is durable — acknowledged NEWLEADER,
-   our whole history is committed *under the new epoch* (rule 2: the only way an
+   our whole history is committed *under the new epoch* (docs/correctness.md, rule 2: the only way an
    old-epoch txn is ever committed), delivered locally, and UPTODATE goes out.
 5. **BROADCAST** (established): ``propose`` appends ``(epoch, n)`` for n = 1, 2, ...;
    proposals made before the next ``take_output`` travel in one PROPOSAL per
@@ -35,13 +35,13 @@ steps down. Its phases (:class:`LeaderPhase`):
 
 Liveness: a leader not established within ``init_limit_ticks`` steps down; an
 established leader that has not heard from a quorum (itself included) within
-``sync_limit_ticks`` steps down (rule 8); so does one whose zxid counter is
-about to overflow (rule 6: the next leader starts a new epoch), and one whose
+``sync_limit_ticks`` steps down (docs/correctness.md, rule 8); so does one whose zxid counter is
+about to overflow (docs/correctness.md, rule 6: the next leader starts a new epoch), and one whose
 epoch is below a joining follower's acceptedEpoch (that follower would refuse
 NEWEPOCH forever; ZooKeeper leaves it out until the next election happens to
 come, we make it come).
 
-The sync decision (DIFF / TRUNC / SNAP, rule 3) is :func:`coord.zab.sync.plan_sync`.
+The sync decision (DIFF / TRUNC / SNAP, docs/correctness.md, rule 3) is :func:`coord.zab.sync.plan_sync`.
 
 Where we differ from ZooKeeper: each follower attempt carries a handshake number
 (see :mod:`coord.zab.messages`); acks are cumulative; PINGs carry a sequence
@@ -79,7 +79,7 @@ from coord.zab.messages import (
 from coord.zab.quorum import is_quorum, quorum_size, quorum_zxid
 from coord.zab.sync import SyncKind, entry_runs, plan_sync
 from coord.zab.types import Role, Zxid
-from coord.zab.zxid import COUNTER_MAX, EPOCH_MAX, counter_of, epoch_of, format_zxid, make_zxid
+from coord.zxid import COUNTER_MAX, EPOCH_MAX, counter_of, epoch_of, format_zxid, make_zxid
 
 
 class LeaderPhase(enum.Enum):
@@ -311,7 +311,7 @@ class Leader:
     def _commit_by_counting_replicas(self) -> None:
         """The ``count_old_epoch_acks`` broken variant: what a quorum holds counts as committed.
 
-        Wrong (rule 2): holding an old-epoch txn on a quorum does not make it
+        Wrong (docs/correctness.md, rule 2): holding an old-epoch txn on a quorum does not make it
         committed before this epoch is established; a later leader may legally
         truncate it, and we will have delivered it.
         """
@@ -382,7 +382,7 @@ class Leader:
         ):
             return
         learner.stage = LearnerStage.SYNCED
-        learner.acked_zxid = 0  # never reuse tallies (rule 2): its ACKs follow
+        learner.acked_zxid = 0  # never reuse tallies (docs/correctness.md, rule 2): its ACKs follow
         if self.is_established:
             self._send_up_to_date(source, learner)
         else:
@@ -397,7 +397,7 @@ class Leader:
             self._establish(synced)
 
     def _establish(self, synced: list[int]) -> None:
-        """A quorum holds our history durably under the new epoch: it is all committed (rule 2)."""
+        """A quorum holds our history durably under the new epoch: it is all committed (docs/correctness.md, rule 2)."""
         ctx = self._ctx
         assert self.epoch is not None and self._journal.durable_current_epoch == self.epoch
         assert self._journal.durable_last_zxid == self._journal.last_zxid, "history durable before currentEpoch"
@@ -454,7 +454,7 @@ class Leader:
         )
         zxid = quorum_zxid(acked, ctx.voters)
         if zxid > ctx.commit_zxid:
-            # Only txns of this epoch are ever committed by counting ACKs (rule 2).
+            # Only txns of this epoch are ever committed by counting ACKs (docs/correctness.md, rule 2).
             assert epoch_of(zxid) == self.epoch, format_zxid(zxid)
             self._flush_proposals()
             for server, learner in self._learners.items():

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 A peer is always in one of three roles, each a separate object that is created
-fresh on every role change and so carries nothing over (rule 4):
+fresh on every role change and so carries nothing over (docs/correctness.md, rule 4):
 
 - LOOKING: an :class:`~coord.zab.election.Election` (Fast Leader Election);
 - LEADING: a :class:`~coord.zab.leader.Leader` (discovery, sync, broadcast);
@@ -33,13 +33,13 @@ election; a FOLLOWING / LEADING peer answers a LOOKING sender with its current
 vote, so a restarted server finds the running leader (see election.py).
 
 Start-up: the peer reads acceptedEpoch, currentEpoch and its last zxid from
-``durable`` and nothing else (rule 4). It assumes the application state reflects
+``durable`` and nothing else (docs/correctness.md, rule 4). It assumes the application state reflects
 the whole durable log (ZooKeeper's recovery replays every logged txn), unless
 ``delivered_zxid`` says otherwise — then the txns after it are delivered once
 known committed. Record ``seq`` numbers start at 1 for every Peer instance, and
 ``durable`` must reflect every record that ``persisted`` confirmed.
 
-Where each rule of CORRECTNESS.md lives (as code and as an assertion):
+Where each rule of docs/correctness.md lives (as code and as an assertion):
 
 1. Persist before you promise — ACKEPOCH, ACKNEWLEADER and ACK wait for
    ``persisted`` (follower.py); the leader counts itself for NEWLEADER only once its
@@ -60,7 +60,8 @@ Where each rule of CORRECTNESS.md lives (as code and as an assertion):
 8. A leader checks — quorum heartbeats within ``sync_limit_ticks``, and
    ``barrier`` for linearizable reads.
 
-(Rules 5 and 7 belong to the storage layer and the pipeline.)
+(Rules 5 and 7 belong to the storage layer and the pipeline; docs/correctness.md
+says where each lives.)
 
 Left out: observers, weighted quorums and dynamic reconfiguration (the voters
 are fixed); snapshots travel as one SNAP message (the transport's frame limit
@@ -86,7 +87,7 @@ from coord.zab.follower import Follower
 from coord.zab.leader import Leader
 from coord.zab.messages import Notification
 from coord.zab.types import DurableState, Envelope, Output, PeerConfig, Role, SnapshotRecord, Zxid
-from coord.zab.zxid import COUNTER_MAX, counter_of, format_zxid
+from coord.zxid import COUNTER_MAX, counter_of, format_zxid
 
 KNOWN_BUGS: Final = frozenset({"ack_before_fsync", "count_old_epoch_acks", "skip_trunc"})
 """Deliberately broken variants, for proving that the simulator catches them."""
@@ -291,7 +292,7 @@ class Peer:
 
         Confirmed when a quorum (this leader included) answered a heartbeat sent
         after this call: then this server was still the leader after the call
-        (rule 8). A leader that steps down drops its pending barriers.
+        (docs/correctness.md, rule 8). A leader that steps down drops its pending barriers.
 
         Raises:
             NotLeaderError: not an established leader.

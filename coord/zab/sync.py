@@ -1,7 +1,7 @@
 """The synchronisation decision: how a leader brings a follower's log to its history.
 
-Theory of operation (CORRECTNESS rule 3)
-----------------------------------------
+Theory of operation (docs/correctness.md, rule 3)
+-------------------------------------------------
 The leader looks at the follower's last zxid *and* whether its own history holds
 it — not at the number alone:
 
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 from coord.zab.journal import Journal
 from coord.zab.types import Zxid
-from coord.zab.zxid import counter_of, epoch_of, format_zxid
+from coord.zxid import counter_of, epoch_of, format_zxid
 
 
 class SyncKind(enum.Enum):
@@ -59,7 +59,9 @@ class SyncPlan:
 def plan_sync(
     journal: Journal, *, follower_zxid: Zxid, follower_delivered: Zxid, snap_threshold: int, skip_trunc: bool = False
 ) -> SyncPlan:
-    """Decide how to bring a follower whose log ends at ``follower_zxid`` up to our history (rule 3).
+    """Decide how to bring a follower whose log ends at ``follower_zxid`` up to our history.
+
+    The DIFF / TRUNC / SNAP choice of docs/correctness.md, rule 3.
 
     Args:
         journal: the leader's journal (its history).

@@ -150,7 +150,7 @@ class DurableState(Protocol):
         Log entries after it may or may not be committed — a follower's log can hold
         proposals a new leader truncates — so the application does not apply them at
         start-up: the core delivers them once synchronisation shows they are
-        committed (rule 4). The core's ``last_delivered_zxid`` starts here.
+        committed (docs/correctness.md, rule 4). The core's ``last_delivered_zxid`` starts here.
         """
         ...
 

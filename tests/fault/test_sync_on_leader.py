@@ -1,7 +1,7 @@
 """FINDINGS.md F1, reproduced without any fault: sync() + read on the leader can be stale.
 
 A client writes through a follower; once the write is acknowledged, a second client,
-connected to the leader, calls ``sync`` and reads. Linearizable reads (CORRECTNESS
+connected to the leader, calls ``sync`` and reads. Linearizable reads (docs/correctness.md,
 rule 8) must see the write, but the leader answers its own syncs from its applied
 tree, which can lag its commit point: a quorum of *followers* may acknowledge (and a
 follower apply and answer) a proposal before the leader's own log write is durable.

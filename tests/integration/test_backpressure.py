@@ -14,17 +14,12 @@ import client
 from coord import protocol
 from coord.protocol import AddWatchMode, AddWatchRequest, CreateRequest, GetDataRequest
 from coord.server import open_server
+from tests.polling import wait_until
 
 from .rawwire import RawConnection
 from .test_server_input import server_config
 
 MIB = 1 << 20
-
-
-async def wait_until(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)  # polling a condition, bounded by the deadline
 
 
 async def flood(raw: RawConnection, frames: bytes) -> None:
@@ -53,7 +48,7 @@ async def test_a_client_that_never_reads_is_bounded_then_closed(tmp_path: Path) 
             bound = config.connection_outbox_bytes_max + protocol.frame_bytes_max(config.data_bytes_max)
             assert peak <= bound
             # it is closed once it has been over its bound for the stall time
-            await wait_until(lambda: server.status()["connections"] == 1)
+            await wait_until(lambda: server.status()["connections"] == 1, timeout=15)
             nursery.cancel_scope.cancel()
         assert server.status()["unsent_bytes"] == 0
         await raw.aclose()

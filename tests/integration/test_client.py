@@ -7,7 +7,7 @@ wait on watches, state changes, or poll a condition against a deadline.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +55,6 @@ def connect(server: Server, **kwargs: Any) -> Any:
     kwargs.setdefault("session_timeout", 10.0)
     kwargs.setdefault("rng", random.Random(1))
     return client.connect(server.connect_string, **kwargs)
-
-
-async def poll(condition: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    """Wait until ``condition()`` holds, checking often, failing after ``timeout``."""
-    with trio.fail_after(timeout):
-        while not await condition():
-            await trio.sleep(0.01)
 
 
 async def next_state(states: client.StateStream, timeout: float = 10.0) -> ConnectionState:

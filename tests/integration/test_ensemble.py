@@ -12,12 +12,7 @@ import trio
 
 import client
 from coord.testing import open_ensemble
-
-
-async def wait_until(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)  # polling a condition, bounded by fail_after
+from tests.polling import wait_until
 
 
 def connect_to(ensemble, server_id: int):  # type: ignore[no-untyped-def]
@@ -34,7 +29,7 @@ async def test_elects_one_leader_and_replicates_writes_made_on_any_server(tmp_pa
                 async with connect_to(ensemble, server_id) as zk:
                     await zk.create(f"/from-{server_id}", b"%d" % server_id)
             # Every server holds every write, in the same order.
-            await wait_until(lambda: len({s.tree.last_zxid for s in ensemble.servers.values() if s}) == 1)
+            await wait_until(lambda: len({s.tree.last_zxid for s in ensemble.servers.values() if s}) == 1, timeout=20)
             digests = {server.tree.digest() for server in ensemble.servers.values() if server}
             assert len(digests) == 1
             for server_id in (1, 2, 3):
@@ -63,7 +58,7 @@ async def test_killing_the_leader_elects_a_new_one_and_writes_resume(tmp_path: P
             async with connect_to(ensemble, old) as zk:
                 await zk.sync("/")
                 assert (await zk.get("/after"))[0] == b"2"
-            await wait_until(lambda: len({s.tree.digest() for s in ensemble.servers.values() if s}) == 1)
+            await wait_until(lambda: len({s.tree.digest() for s in ensemble.servers.values() if s}) == 1, timeout=20)
 
 
 async def test_client_keeps_its_session_and_ephemerals_across_its_servers_death(tmp_path: Path) -> None:
@@ -74,7 +69,7 @@ async def test_client_keeps_its_session_and_ephemerals_across_its_servers_death(
             others = ",".join(ensemble.server(i).connect_string for i in (1, 2, 3) if i != follower)
             connect_string = ensemble.server(follower).connect_string + "," + others
             async with client.connect(connect_string, session_timeout=10.0) as zk:
-                await wait_until(lambda: zk.server_address is not None)
+                await wait_until(lambda: zk.server_address is not None, timeout=20)
                 session_id = zk.session_id
                 await zk.create("/eph", b"mine", ephemeral=True)
                 watch = client.Watch()
@@ -99,7 +94,7 @@ async def test_follower_back_from_a_long_absence_catches_up_by_snapshot(tmp_path
             absent = next(server_id for server_id in (1, 2, 3) if server_id != leader)
             async with connect_to(ensemble, leader) as zk:
                 await zk.create("/early", b"e")
-            await wait_until(lambda: ensemble.server(absent).tree.get_node("/early") is not None)
+            await wait_until(lambda: ensemble.server(absent).tree.get_node("/early") is not None, timeout=20)
             stopped_at = ensemble.server(absent).tree.last_zxid
             await ensemble.kill(absent)
             async with connect_to(ensemble, leader) as zk:
@@ -110,9 +105,9 @@ async def test_follower_back_from_a_long_absence_catches_up_by_snapshot(tmp_path
             await ensemble.restart(absent)
             await ensemble.wait_for_leader()
             returned = ensemble.server(absent)
-            await wait_until(lambda: returned.tree.get_node("/while-away-119") is not None)
+            await wait_until(lambda: returned.tree.get_node("/while-away-119") is not None, timeout=20)
             assert any(zxid > stopped_at for zxid, _path in returned._snapshots.list())  # it got a snapshot
-            await wait_until(lambda: len({s.tree.digest() for s in ensemble.servers.values() if s}) == 1)
+            await wait_until(lambda: len({s.tree.digest() for s in ensemble.servers.values() if s}) == 1, timeout=20)
 
 
 async def test_uncommitted_proposal_of_a_cut_off_leader_is_truncated(tmp_path: Path) -> None:
@@ -134,7 +129,8 @@ async def test_uncommitted_proposal_of_a_cut_off_leader_is_truncated(tmp_path: P
 
                     nursery.start_soon(doomed_write)
                     await wait_until(
-                        lambda: ensemble.server(old).zab.last_durable_zxid > ensemble.server(old).tree.last_zxid
+                        lambda: ensemble.server(old).zab.last_durable_zxid > ensemble.server(old).tree.last_zxid,
+                        timeout=20,
                     )
                     uncommitted = ensemble.server(old).zab.last_durable_zxid
                     await ensemble.kill(old)
@@ -146,9 +142,9 @@ async def test_uncommitted_proposal_of_a_cut_off_leader_is_truncated(tmp_path: P
             await ensemble.restart(old)
             await ensemble.wait_for_leader()
             returned = ensemble.server(old)
-            await wait_until(lambda: returned.tree.get_node("/new-epoch") is not None)
+            await wait_until(lambda: returned.tree.get_node("/new-epoch") is not None, timeout=20)
             # The dead leader's proposal was truncated from its log, never applied anywhere.
             assert returned._log.get(uncommitted) is None
             for server in ensemble.servers.values():
                 assert server is not None and server.tree.get_node("/never") is None
-            await wait_until(lambda: len({s.tree.digest() for s in ensemble.servers.values() if s}) == 1)
+            await wait_until(lambda: len({s.tree.digest() for s in ensemble.servers.values() if s}) == 1, timeout=20)

@@ -19,7 +19,8 @@ import client
 from coord.lockcli import EXIT_LOST, EXIT_NOT_ACQUIRED, EXIT_NOT_FOUND, EXIT_USAGE
 from coord.testing import Ensemble, open_ensemble
 from recipes import Lock
-from tests.integration.test_recipes_helpers import connect, poll
+from tests.integration.test_recipes_helpers import connect
+from tests.polling import wait_until
 
 COORD = [sys.executable, "-m", "coord.cli"]
 PATH = "/locks/cli"
@@ -142,7 +143,7 @@ async def test_nonblocking_and_timeout_give_up_with_their_status(tmp_path: Path)
                     assert len(await zk.get_children(PATH)) == 1
                     # A signal while waiting gives up: 128 + the signal, and no node is left behind.
                     async with coord("lock", PATH, "--", *worker(log, 0), servers=servers) as waiting:
-                        await poll(lambda: _count_children(zk, PATH, 2), timeout=20)
+                        await wait_until(lambda: _count_children(zk, PATH, 2), timeout=20)
                         waiting.send_signal(signal.SIGINT)
                         assert await waiting.wait() == 128 + signal.SIGINT
                     assert len(await zk.get_children(PATH)) == 1
@@ -164,7 +165,7 @@ async def _run_and_lose_the_lock(tmp_path: Path, ensemble: Ensemble, mode: str, 
             "lock", PATH, "--grace", str(grace), "--", *worker(log, 60, mode), servers=ensemble.connect_string
         ) as process,
     ):
-        await poll(lambda: _started(log), timeout=20)
+        await wait_until(lambda: _started(log), timeout=20)
         owner = await lock_owner(zk)
         assert owner is not None
         expired_at = trio.current_time()
@@ -203,10 +204,10 @@ async def test_a_killed_lock_command_takes_its_command_along_and_frees_the_lock(
                     "lock", PATH, "--session-timeout", "1", "--", *worker(log, 60), servers=ensemble.connect_string
                 ) as process,
             ):
-                await poll(lambda: _started(log), timeout=20)
+                await wait_until(lambda: _started(log), timeout=20)
                 process.send_signal(signal.SIGKILL)  # only coord: the command is told by PR_SET_PDEATHSIG
                 await process.wait()
-                await poll(lambda: bool(records(log, "TERM")), timeout=10)
+                await wait_until(lambda: bool(records(log, "TERM")), timeout=10)
                 lock = Lock(zk, PATH, "next")
                 assert await lock.acquire(timeout=10)  # once the dead holder's session expired
                 await lock.release()
@@ -222,13 +223,13 @@ async def test_elect_runs_the_command_only_on_the_leader(tmp_path: Path) -> None
                 connect(ensemble) as zk,
                 coord("elect", "service", "--", *worker(logs[0], 60), servers=servers) as first,
             ):
-                await poll(lambda: _started(logs[0]), timeout=20)
+                await wait_until(lambda: _started(logs[0]), timeout=20)
                 async with coord("elect", "service", "--", *worker(logs[1], 60), servers=servers) as second:
-                    await poll(lambda: _count_children(zk, "/elections/service", 2), timeout=20)
+                    await wait_until(lambda: _count_children(zk, "/elections/service", 2), timeout=20)
                     assert not logs[1].exists()  # not the leader: its command does not run
                     first.send_signal(signal.SIGTERM)  # passed on to the command, which exits 0
                     assert await first.wait() == 0
-                    await poll(lambda: _started(logs[1]), timeout=20)
+                    await wait_until(lambda: _started(logs[1]), timeout=20)
                     leader_tokens = [int(records(log, "START")[0][1]) for log in logs]
                     assert leader_tokens[0] < leader_tokens[1]
                     owner = await lock_owner(zk, "/elections/service")

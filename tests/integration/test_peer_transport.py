@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,6 +22,7 @@ from coord import peer as peer_module
 from coord.config import EnsembleConfig, EnsembleMember
 from coord.peer import PeerTransport, bind_peer_listeners, listener_address
 from coord.protocol import HEADER, encode_frame
+from tests.polling import wait_until
 
 ENSEMBLE_ID = EnsembleConfig(servers={1: EnsembleMember(peer=("127.0.0.1", 1), client=("127.0.0.1", 2))}).ensemble_id
 Address = tuple[str, int]
@@ -33,12 +34,6 @@ def frame(data: bytes) -> bytes:
 
 def hello(server_id: object = 3, ensemble_id: object = ENSEMBLE_ID, **extra: object) -> bytes:
     return encode_frame({"coord_peer": 1, "server_id": server_id, "ensemble_id": ensemble_id, **extra})
-
-
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    """Poll ``predicate`` until it holds; the caller's fail_after bounds the wait."""
-    while not predicate():
-        await trio.sleep(0.005)
 
 
 class Cluster:
@@ -177,7 +172,7 @@ async def test_thousands_of_messages_arrive_in_order_on_every_link() -> None:
             def complete() -> bool:
                 return all(len(got[target][source]) == count for source, target in sent)
 
-            await wait_until(complete)
+            await wait_until(complete, timeout=30)
             for (source, target), messages in sent.items():
                 assert got[target][source] == messages, (source, target)
             assert all(transport.frames_dropped == 0 for transport in cluster.transports.values())
@@ -200,7 +195,7 @@ async def test_a_link_to_a_stopped_server_comes_back_when_it_restarts() -> None:
             await cluster.wait_connected()
             one = cluster.transports[1]
             await cluster.stop(2)
-            await wait_until(lambda: 2 not in one.links_up() and 2 not in one.links_in())
+            await wait_until(lambda: 2 not in one.links_up() and 2 not in one.links_in(), timeout=20)
             one.send(2, b"lost")  # the link is down: dropped, never delivered later
             assert one.frames_dropped == 1
             assert one.links_up() == {3}  # the other link is untouched
@@ -382,8 +377,8 @@ async def test_isolate_stops_traffic_both_ways_and_heal_restores_it() -> None:
             one.isolate()
             assert one.is_isolated
             assert one.links_up() == set() and one.links_in() == set()
-            await wait_until(lambda: 1 not in two.links_up() and 1 not in three.links_up())
-            await wait_until(lambda: two.links_in() == {3} and three.links_in() == {2})
+            await wait_until(lambda: 1 not in two.links_up() and 1 not in three.links_up(), timeout=20)
+            await wait_until(lambda: two.links_in() == {3} and three.links_in() == {2}, timeout=20)
             one.send(2, b"from the isolated")
             two.send(1, b"to the isolated")
             three.send(1, b"to the isolated")
@@ -419,7 +414,7 @@ async def test_a_peer_that_does_not_read_breaks_its_link_without_blocking_send(l
             one = PeerTransport(server_id=1, peers=peers, ensemble_id=ENSEMBLE_ID, frame_bytes_max=1 << 20, **limit)
             await nursery.start(lambda task_status: one.serve(listener=listeners[1], task_status=task_status))
             first = await accepted.receive()
-            await wait_until(lambda: one.links_up() == {2})
+            await wait_until(lambda: one.links_up() == {2}, timeout=20)
             big = bytes(64 * 1024)
             sends = 0
             while 2 in one.links_up():
@@ -432,7 +427,7 @@ async def test_a_peer_that_does_not_read_breaks_its_link_without_blocking_send(l
             # it redials; the new connection carries only what is sent after it came up
             second = await accepted.receive()
             assert second is not first
-            await wait_until(lambda: one.links_up() == {2})
+            await wait_until(lambda: one.links_up() == {2}, timeout=20)
             one.send(2, b"fresh")
             assert await second.receive_some(len(frame(b"fresh"))) == frame(b"fresh")
             nursery.cancel_scope.cancel()

@@ -11,7 +11,8 @@ import trio
 from coord.testing import open_ensemble
 from recipes import LeaderElection, LeadershipLostError, LockLostError, ResignedError
 from recipes._guard import lease_of
-from tests.integration.test_recipes_helpers import avoid_first, connect, poll, start_holder
+from tests.integration.test_recipes_helpers import avoid_first, connect, start_holder
+from tests.polling import wait_until
 
 PATH = "/elections/service"
 
@@ -52,13 +53,13 @@ async def test_candidates_lead_in_turn_and_observers_see_every_change(tmp_path: 
                 election = LeaderElection(zk, PATH)
                 for name in ("a", "b", "c"):
                     await nursery.start(candidate, servers, name)
-                    await poll(lambda name=name: _has(election, name))
+                    await wait_until(lambda name=name: _has(election, name))
                 assert await election.contenders() == ["a", "b", "c"]
                 for index, name in enumerate(("a", "b", "c")):
-                    await poll(lambda index=index: len(terms) == index + 1)
+                    await wait_until(lambda index=index: len(terms) == index + 1)
                     assert terms[-1][0] == name
                     step_down[name].set()
-                await poll(lambda: seen[-1:] == [None])
+                await wait_until(lambda: seen[-1:] == [None])
                 assert await election.leader() is None
     assert seen == [None, "a", "b", "c", None]
     tokens = [token for _, token in terms]
@@ -86,7 +87,7 @@ async def test_a_leader_whose_session_expires_is_stopped_and_the_next_is_elected
                 with pytest.raises(LeadershipLostError, match="session"):
                     async with first.campaign():
                         nursery.start_soon(campaign_second)
-                        await poll(lambda: _has(first, "b"))
+                        await wait_until(lambda: _has(first, "b"))
                         await ensemble.expire_session(zk_a.session_id)
                         await trio.sleep_forever()
                 await elected.wait()
@@ -125,9 +126,9 @@ async def test_resign_steps_down_or_withdraws_and_run_returns_what_the_term_retu
                                 pass  # pragma: no cover
 
                     nursery.start_soon(campaign_and_expect_withdrawal)
-                    await poll(lambda: _has(leader, "b"))
+                    await wait_until(lambda: _has(leader, "b"))
                     waiting.resign()
-                await poll(lambda: _contenders_are(leader, []))
+                await wait_until(lambda: _contenders_are(leader, []))
 
                 async def term() -> str:
                     return "done"
@@ -168,13 +169,13 @@ async def test_the_leader_keeps_leading_when_its_server_dies(tmp_path: Path) -> 
 
                 async with leader.campaign():
                     nursery.start_soon(campaign_heir)
-                    await poll(lambda: _has(leader, "b"))
+                    await wait_until(lambda: _has(leader, "b"))
                     address = zk_a.server_address
                     assert address is not None
                     await ensemble.kill(ensemble.server_id_at(address))
                     await ensemble.wait_for_leader()
-                    await poll(lambda: zk_a.connected and zk_a.server_address != address)
+                    await wait_until(lambda: zk_a.connected and zk_a.server_address != address)
                     heartbeats = lease_of(zk_a).heartbeats
-                    await poll(lambda: lease_of(zk_a).heartbeats > heartbeats, timeout=10)
+                    await wait_until(lambda: lease_of(zk_a).heartbeats > heartbeats, timeout=10)
                     assert leader.is_leader and not heir_elected.is_set()
                 await heir_elected.wait()

@@ -1,5 +1,6 @@
-"""Helpers shared by the recipe tests (no tests here): polling, a connection switchboard
-that can hold back replies or cut connections, and subprocesses that hold a lock."""
+"""Helpers shared by the recipe tests (no tests here): a connection switchboard that can
+hold back replies or cut connections, and subprocesses that hold a lock. (Polling a
+condition: :func:`tests.polling.wait_until`.)"""
 
 from __future__ import annotations
 
@@ -16,18 +17,6 @@ import client
 from coord.testing import Ensemble
 
 PYTHON = sys.executable
-
-
-async def poll(condition: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait until ``condition()`` holds, checking often, failing after ``timeout``."""
-    with trio.fail_after(timeout):
-        while True:
-            result = condition()
-            if not isinstance(result, bool):
-                result = await result
-            if result:
-                return
-            await trio.sleep(0.01)  # polling a condition, bounded by fail_after
 
 
 def connect(ensemble: Ensemble | str, session_timeout: float = 5.0, **kwargs: Any) -> Any:

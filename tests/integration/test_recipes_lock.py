@@ -24,7 +24,8 @@ from recipes import (
     Semaphore,
 )
 from recipes._guard import lease_of
-from tests.integration.test_recipes_helpers import Switchboard, avoid_first, connect, poll, start_holder
+from tests.integration.test_recipes_helpers import Switchboard, avoid_first, connect, start_holder
+from tests.polling import wait_until
 
 PATH = "/locks/resource"
 
@@ -104,14 +105,14 @@ async def test_lock_is_granted_in_fifo_order_and_wakes_one_waiter_per_release(tm
                     for index in range(waiters):
                         await nursery.start(waiter, ensemble.connect_string, index)
                         # The next waiter starts only once this one is queued.
-                        await poll(lambda n=index: _count(zk_holder, n + 2))
+                        await wait_until(lambda n=index: _count(zk_holder, n + 2))
                     assert await holder.contenders() == ["holder"] + [f"w{i}" for i in range(waiters)]
                     # Each waiter watches its predecessor and nothing else.
                     assert ensemble.server(1).status()["watches"] == waiters
 
                     await holder.release()
                     for index in range(waiters):
-                        await poll(lambda n=index: len(granted) == n + 1)
+                        await wait_until(lambda n=index: len(granted) == n + 1)
                         # Every release so far woke exactly one waiter: the next in line.
                         assert sum(lock.wakeups for lock in locks) == index + 1
                         assert [lock.wakeups for lock in locks[index + 1 :]] == [0] * (waiters - index - 1)
@@ -167,10 +168,10 @@ async def test_a_lost_create_reply_is_found_again_and_a_cancelled_one_is_deleted
                 board.hold()  # the create goes out, its reply is kept back
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(lock.acquire)
-                    await poll(lambda: _count(observer, 1))
+                    await wait_until(lambda: _count(observer, 1))
                     board.cut()  # the reply is lost: ConnectionLossError, reconnect
                     board.release()
-                await poll(lambda: lock.is_acquired)
+                await wait_until(lambda: lock.is_acquired)
                 assert [lock.node.rsplit("/", 1)[1]] == await children(observer)  # type: ignore[union-attr]
                 await lock.release()
                 assert await children(observer) == []
@@ -180,9 +181,10 @@ async def test_a_lost_create_reply_is_found_again_and_a_cancelled_one_is_deleted
                 scope = trio.CancelScope()
 
                 async def cancel_once_created() -> None:
-                    await poll(lambda: _count(observer, 1))
+                    await wait_until(lambda: _count(observer, 1))
                     scope.cancel()  # the acquire now cleans up (shielded) ...
-                    await trio.sleep(0.05)
+                    # ... its first request is out (behind the cancelled create's), the reply held back ...
+                    await wait_until(lambda: len(zk._core.pending) >= 2)
                     board.cut()  # ... across a connection drop
                     board.release()
 
@@ -207,13 +209,13 @@ async def test_session_expiry_cancels_the_holder_and_passes_the_lock_on(tmp_path
                     async with holder:
                         first_token = holder.token
                         nursery.start_soon(waiter.acquire)
-                        await poll(lambda: _count(zk_b, 2))
+                        await wait_until(lambda: _count(zk_b, 2))
                         await ensemble.expire_session(zk_a.session_id)
                         await trio.sleep_forever()  # cancelled by the guard
                         reached_the_end = True  # pragma: no cover
                 assert not reached_the_end
                 assert not holder.is_acquired
-                await poll(lambda: waiter.is_acquired)
+                await wait_until(lambda: waiter.is_acquired)
                 assert waiter.token is not None and first_token is not None and waiter.token > first_token
                 await waiter.release()
 
@@ -287,7 +289,7 @@ async def test_the_guard_ends_the_hold_before_a_partitioned_session_can_expire(t
                 confirmed_at = lease_of(zk).confirmed_at
                 assert lost_at - confirmed_at == pytest.approx(timeout * LEASE_FRACTION, abs=0.15)
                 assert node_alive_at_loss  # given up while the lock was still ours: nobody else had it
-                await poll(lambda: _count(observer, 0), timeout=10)  # and then the session expires
+                await wait_until(lambda: _count(observer, 0), timeout=10)  # and then the session expires
 
 
 async def test_holders_keep_their_lock_when_their_server_dies(tmp_path: Path) -> None:
@@ -308,17 +310,17 @@ async def test_holders_keep_their_lock_when_their_server_dies(tmp_path: Path) ->
                 waiter = Lock(zk_b, PATH, "b")
                 async with holder:
                     nursery.start_soon(waiter.acquire)
-                    await poll(lambda: _count(zk_a, 2))
+                    await wait_until(lambda: _count(zk_a, 2))
                     address = zk_a.server_address
                     assert address is not None
                     await ensemble.kill(ensemble.server_id_at(address))
                     await ensemble.wait_for_leader()
-                    await poll(lambda: zk_a.connected and zk_a.server_address != address)
+                    await wait_until(lambda: zk_a.connected and zk_a.server_address != address)
                     heartbeats = lease_of(zk_a).heartbeats
-                    await poll(lambda: lease_of(zk_a).heartbeats > heartbeats, timeout=10)  # the lease goes on
+                    await wait_until(lambda: lease_of(zk_a).heartbeats > heartbeats, timeout=10)  # the lease goes on
                     assert holder.is_acquired and not waiter.is_acquired
                     token = holder.token
-                await poll(lambda: waiter.is_acquired, timeout=30)
+                await wait_until(lambda: waiter.is_acquired, timeout=30)
                 assert waiter.token is not None and token is not None and waiter.token > token
                 await waiter.release()
 
@@ -336,17 +338,17 @@ async def test_read_write_lock_shares_reads_and_excludes_writes(tmp_path: Path) 
                 assert await reader2.acquire(blocking=False)  # readers share
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(writer.acquire)
-                    await poll(lambda: _count(zk1, 3))
+                    await wait_until(lambda: _count(zk1, 3))
                     nursery.start_soon(late_reader.acquire)  # queued behind the writer
-                    await poll(lambda: _count(zk1, 4))
+                    await wait_until(lambda: _count(zk1, 4))
                     await reader1.release()
                     assert not writer.is_acquired
                     await reader2.release()
-                    await poll(lambda: writer.is_acquired)
+                    await wait_until(lambda: writer.is_acquired)
                     assert not late_reader.is_acquired
                     assert await writer.contenders() == ["w", "r3"]
                     await writer.release()
-                    await poll(lambda: late_reader.is_acquired)
+                    await wait_until(lambda: late_reader.is_acquired)
                 await late_reader.release()
 
 

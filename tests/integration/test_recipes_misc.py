@@ -12,7 +12,8 @@ import trio.testing
 import client
 from coord.testing import open_ensemble
 from recipes import Barrier, ChildrenWatch, Counter, DataWatch, DoubleBarrier, Party, Queue
-from tests.integration.test_recipes_helpers import connect, poll
+from tests.integration.test_recipes_helpers import connect
+from tests.polling import wait_until
 
 
 async def test_barrier_holds_waiters_until_it_is_removed(tmp_path: Path) -> None:
@@ -144,7 +145,7 @@ async def test_queue_is_fifo_by_priority_and_each_item_goes_to_one_consumer(tmp_
                         nursery.start_soon(consumer, ensemble.connect_string)
                     for item in items:
                         await queue.put(item)
-                    await poll(lambda: len(taken) == len(items))
+                    await wait_until(lambda: len(taken) == len(items))
                     await queue.put_all([b"stop"] * 4, priority=999)
                 assert sorted(taken) == sorted(items)  # each exactly once
                 assert await queue.length() == 0
@@ -204,10 +205,10 @@ async def test_data_and_children_watches_follow_every_change(tmp_path: Path) -> 
                         seen.append("ended")
 
                     nursery.start_soon(follow)
-                    await poll(lambda: seen == [[]])
+                    await wait_until(lambda: seen == [[]])
                     await writer.create("/workers/w1")
-                    await poll(lambda: seen[-1] == ["w1"])
+                    await wait_until(lambda: seen[-1] == ["w1"])
                     await writer.create("/workers/w2")
-                    await poll(lambda: seen[-1] == ["w1", "w2"])
+                    await wait_until(lambda: seen[-1] == ["w1", "w2"])
                     await writer.delete("/workers", recursive=True)
-                    await poll(lambda: seen[-1] == "ended")
+                    await wait_until(lambda: seen[-1] == "ended")

@@ -18,6 +18,7 @@ from coord import errors, protocol
 from coord.config import ServerConfig
 from coord.protocol import CreateRequest, GetDataRequest
 from coord.server import open_server
+from coord.zxid import epoch_of
 from tests.integration.rawwire import RawConnection
 
 
@@ -225,7 +226,7 @@ async def test_restart_recovers_tree_sessions_and_ephemerals(tmp_path: Path, sna
             assert (await connection.call(1, GetDataRequest(path="/eph")))[2] == 0
             # New writes continue in a new epoch, after everything recovered.
             reply = await connection.call(2, CreateRequest(path="/new"))
-            assert reply[2] == 0 and reply[1] > zxid_before and (reply[1] >> 32) > (zxid_before >> 32)
+            assert reply[2] == 0 and reply[1] > zxid_before and epoch_of(reply[1]) > epoch_of(zxid_before)
 
 
 async def test_refused_handshakes_are_answered_before_the_close(tmp_path: Path) -> None:

@@ -14,12 +14,7 @@ import client
 from coord.config import load_config
 from coord.protocol import ProtocolError
 from coord.testing import ServerProcess, _pick_free_ports, _toml, open_ensemble
-
-
-async def wait_until(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.02)  # polling a condition, bounded by fail_after
+from tests.polling import wait_until
 
 
 async def wait_for_expiry(zk: client.Client) -> None:
@@ -101,7 +96,7 @@ async def test_process_ensemble_kill_pause_expire(tmp_path: Path) -> None:
             process = ensemble.server(leader)
             assert isinstance(process, ServerProcess) and process.pid
             assert "--config" in process.command and process.config_path.exists()
-            await wait_until(lambda: ensemble.leader_id() == leader)  # the background poll caught up
+            await wait_until(lambda: ensemble.leader_id() == leader, timeout=20)  # the background poll caught up
             await ensemble.kill(leader)  # SIGKILL
             assert ensemble.process(leader).exit_codes[-1] == -signal.SIGKILL
             assert ensemble.servers[leader] is None

@@ -6,7 +6,7 @@ per k entries removed from a disk), so they can run after every step of thousand
 seeds. :meth:`Checker.full_check` recomputes everything from scratch, for the end of a
 run and as a cross-check of the incremental bookkeeping.
 
-Invariants (numbered as in the brief; CORRECTNESS.md rules in brackets):
+Invariants (numbered as in the brief; the rules of docs/correctness.md in brackets):
 
 1. At most one leader is ever established per epoch; everyone that becomes ready in
    an epoch agrees on who leads it. A ready server has that epoch durable as its

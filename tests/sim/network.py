@@ -5,7 +5,7 @@ A link behaves like the TCP connection the shell keeps to a peer:
 - messages arrive in the order they were sent, each after a random delay (a message
   never overtakes an earlier one on the same link);
 - a link can *break*: the messages in flight are lost, and new ones are dropped until
-  it comes back up. As DESIGN.md warns, a message from before the break may still turn
+  it comes back up. As docs/architecture.md warns, a message from before the break may still turn
   up after the reconnect (the old connection's reader had it buffered): each message
   in flight at a break survives with a small probability and is delivered late, out of
   order with the new connection's messages;

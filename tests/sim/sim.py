@@ -36,13 +36,13 @@ the trace tail.
 from __future__ import annotations
 
 import heapq
-import inspect
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from coord.errors import NotLeaderError
+from coord.zab.peer import Peer
 from coord.zab.types import DurableState, Envelope, EpochRecord, Output, PeerConfig, Role, Zxid
 from tests.sim.checkers import Checker
 from tests.sim.disk import AppState, FakeDisk, decode_state, encode_state
@@ -75,14 +75,9 @@ def real_peer_factory(config: PeerConfig, durable: DurableState, rng: random.Ran
 
     The application state the simulator restores at a start is the disk's snapshot base
     only (never the log after it, which may hold proposals a new leader truncates), so
-    the core is told so when it takes ``delivered_zxid``; otherwise it reads
-    ``DurableState.applied_zxid()``.
+    the core is told so (``delivered_zxid``).
     """
-    from coord.zab.peer import Peer
-
-    if "delivered_zxid" in inspect.signature(Peer).parameters:
-        return Peer(config, durable, rng, bugs=bugs, delivered_zxid=durable.applied_zxid())  # type: ignore[call-arg]
-    return Peer(config, durable, rng, bugs=bugs)
+    return Peer(config, durable, rng, bugs=bugs, delivered_zxid=durable.applied_zxid())
 
 
 class InvariantError(AssertionError):
@@ -114,7 +109,7 @@ class SimOptions:
     partial_flush_prob: float = 0.2  # a flush makes only a prefix of the queue durable
     fsync_error_prob: float = 0.0  # per flush: the write fails and the server dies
     # Per flush that would make a new currentEpoch durable: the server dies right before
-    # that record, after the synced history before it (the window rule 1 is about).
+    # that record, after the synced history before it (the window that docs/correctness.md, rule 1, is about).
     epoch_crash_prob: float = 0.0
     late_report_prob: float = 0.0  # a flush is reported to the core (persisted) a little later
     crash_keep_prob: float = 0.3  # at a crash, a random prefix of the queue made it

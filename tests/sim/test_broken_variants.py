@@ -1,4 +1,4 @@
-"""The simulator must catch deliberately broken cores (CORRECTNESS.md, Simulation).
+"""The simulator must catch deliberately broken cores (docs/correctness.md, "Simulation").
 
 ``Peer(..., bugs={...})`` switches on one known-bad shortcut. For each, a scripted
 scenario forces the bad interleaving: it must pass on the correct core and fail an
@@ -13,8 +13,6 @@ import pytest
 
 from tests.sim.scenarios import Scenario, ScriptError, parse_transcript
 from tests.sim.sim import InvariantError, LivenessError, SimOptions, run_seed
-
-pytest.importorskip("coord.zab.peer", reason="the ZAB core (coord/zab/peer.py) is not there yet")
 
 # Followers ACK proposals they have not made durable: the leader commits what only it holds.
 ACK_BEFORE_FSYNC = """
@@ -53,7 +51,7 @@ SKIP_TRUNC = """
 > settle
 """
 
-# A leader that has not established its epoch delivers what a quorum *holds* (rule 2).
+# A leader that has not established its epoch delivers what a quorum *holds* (docs/correctness.md, rule 2).
 # s3 leads epoch 2 with s1 and logs z alone. s2 (currentEpoch 1) syncs z from s3's epoch-3
 # attempt but crashes before its new currentEpoch is durable; it rejoins s3's epoch-4
 # attempt, whose broken leader counts {s3, s2} as holding z and delivers it. s3 dies; s1

@@ -19,8 +19,6 @@ import pytest
 from tests.sim.scenarios import TRANSCRIPTS, Scenario, ScriptError, parse_transcript, run_transcript
 from tests.sim.sim import InvariantError, LivenessError
 
-pytest.importorskip("coord.zab.peer", reason="the ZAB core (coord/zab/peer.py) is not there yet")
-
 SCRIPTS = sorted(TRANSCRIPTS.glob("*.txt"))
 
 

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from coord.zab.types import Envelope, EpochRecord, LogEntry, Role, SnapshotRecord, TruncateRecord
+from coord.zxid import make_zxid
 from tests.sim.checkers import Checker
 from tests.sim.disk import FakeDisk, decode_state, encode_state
 from tests.sim.network import Network
@@ -15,7 +16,7 @@ from tests.sim.toy import toy_factory
 
 
 def z(epoch: int, counter: int) -> int:
-    return (epoch << 32) | counter
+    return make_zxid(epoch, counter)
 
 
 # --- disk ----------------------------------------------------------------------------

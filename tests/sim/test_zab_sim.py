@@ -17,8 +17,6 @@ import pytest
 
 from tests.sim.sim import InvariantError, LivenessError, SimOptions, Simulation, run_seed
 
-pytest.importorskip("coord.zab.peer", reason="the ZAB core (coord/zab/peer.py) is not there yet")
-
 STEPS = 2_000
 SEEDS_3 = 400
 SEEDS_5 = 300

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from coord.errors import NotLeaderError
 from coord.zab.types import DurableState, Envelope, EpochRecord, LogEntry, Output, PeerConfig, Record, Role, Zxid
+from coord.zxid import counter_of, make_zxid
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,7 +112,7 @@ class ToyPeer:
         if not (self.is_ready and self.role is Role.LEADING):
             raise NotLeaderError("toy: not the leader")
         self._counter += 1
-        zxid = (1 << 32) | self._counter
+        zxid = make_zxid(1, self._counter)
         self._order.append(zxid)
         self._acks[zxid] = set()
         self._write(LogEntry(seq=0, zxid=zxid, txn=txn))
@@ -135,7 +136,7 @@ class ToyPeer:
 
     def _deliver(self) -> None:
         while True:
-            nxt = (1 << 32) | ((self.last_delivered_zxid & 0xFFFFFFFF) + 1)
+            nxt = make_zxid(1, counter_of(self.last_delivered_zxid) + 1)
             if nxt > self._committed or nxt not in self._durable:
                 return
             self._out.deliver.append((nxt, self._durable[nxt]))

@@ -12,13 +12,14 @@ import dataclasses
 from typing import Any
 
 from coord.zab.types import EpochRecord, LogEntry, Record, RoleChange, SnapshotRecord, TruncateRecord, Zxid
+from coord.zxid import counter_of, epoch_of
 
 
 def zxid_str(zxid: Zxid | None) -> str:
     """``(3 << 32) | 7`` → ``3.7``."""
     if zxid is None:
         return "-"
-    return f"{zxid >> 32}.{zxid & 0xFFFFFFFF}"
+    return f"{epoch_of(zxid)}.{counter_of(zxid)}"
 
 
 def _is_zxid_field(name: str) -> bool:

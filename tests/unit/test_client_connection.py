@@ -52,6 +52,7 @@ from coord.protocol import (
     encode_frame,
     handshake_error,
 )
+from tests.polling import wait_until
 
 SESSION = 0x5E55
 STAT = Stat(1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1)
@@ -284,7 +285,7 @@ async def test_calls_made_while_suspended_wait_for_the_reconnect(autojump_clock:
     async with fake_ensemble() as server, open_client(server, max_reconnect_delay=0.5) as zk:
         server.down.add(("a", 1))
         server.drop_connections()
-        await trio.sleep(0.001)
+        await wait_until(lambda: zk.state is ConnectionState.SUSPENDED, timeout=1.0)
         assert zk.state is ConnectionState.SUSPENDED
         async with trio.open_nursery() as nursery:
             result: list[Any] = []
@@ -506,8 +507,7 @@ async def test_fail_fast_connects_to_a_server_that_comes_up_within_the_rounds(
         server.down.add(("a", 1))
 
         async def come_up() -> None:
-            while server.refused < 2:
-                await trio.sleep(0.001)
+            await wait_until(lambda: server.refused >= 2, timeout=60, interval=0.001)
             server.down.clear()
 
         server.nursery.start_soon(come_up)
@@ -534,8 +534,8 @@ async def test_fail_fast_does_not_give_up_a_session_whose_server_restarts(
         await zk.get("/x")
         server.down.add(("a", 1))
         server.drop_connections()
-        while server.refused < 6:  # more refused rounds than fail_fast allows the first connection
-            await trio.sleep(0.01)
+        # more refused rounds than fail_fast allows the first connection
+        await wait_until(lambda: server.refused >= 6, timeout=60)
         assert zk.state is ConnectionState.SUSPENDED
         server.down.clear()
         await zk.wait_connected()

@@ -10,16 +10,9 @@ from hypothesis import strategies as st
 
 from client._registry import SET_WATCHES_BYTES_MAX
 from client._session import (
-    ADD_WATCH,
     CHECK,
     CREATE,
     DELETE,
-    EXISTS,
-    GET_CHILDREN,
-    GET_DATA,
-    MULTI,
-    PING,
-    REMOVE_WATCHES,
     SET_DATA,
     SYNC,
     Pending,
@@ -39,13 +32,25 @@ from coord.errors import (
 )
 from coord.protocol import (
     WATCH_XID,
+    AddWatchMode,
+    AddWatchRequest,
+    CheckRequest,
     ConnectRequest,
     ConnectResponse,
+    CreateRequest,
+    DeleteRequest,
     EventType,
+    ExistsRequest,
     FrameReader,
+    GetChildrenRequest,
     GetDataRequest,
+    MultiRequest,
+    PingRequest,
+    RemoveWatchesRequest,
+    SetDataRequest,
     SetWatchesRequest,
     Stat,
+    SyncRequest,
     WatcherType,
     decode_body,
     decode_handshake,
@@ -99,15 +104,15 @@ def sent_requests(core: SessionCore) -> list[tuple[int, Any]]:
 
 
 def get(core: SessionCore, path: str, watch: Watch | None = None) -> Pending:
-    return core.send([0, GET_DATA, path, watch is not None], path, watch)
+    return core.send(GetDataRequest(path=path, watch=watch is not None), path, watch)
 
 
 def exists(core: SessionCore, path: str, watch: Watch | None = None) -> Pending:
-    return core.send([0, EXISTS, path, watch is not None], path, watch)
+    return core.send(ExistsRequest(path=path, watch=watch is not None), path, watch)
 
 
 def children(core: SessionCore, path: str, watch: Watch | None = None) -> Pending:
-    return core.send([0, GET_CHILDREN, path, watch is not None, False], path, watch)
+    return core.send(GetChildrenRequest(path=path, watch=watch is not None), path, watch)
 
 
 # --- handshake ----------------------------------------------------------------------
@@ -201,7 +206,7 @@ def test_a_different_session_on_reconnect_counts_as_expired() -> None:
 def test_requests_are_framed_with_increasing_xids() -> None:
     core, _ = connected_core()
     first = get(core, "/a")
-    second = core.send([0, SYNC, "/b"], "/b")
+    second = core.send(SyncRequest(path="/b"), "/b")
     assert second.xid == first.xid + 1
     assert [item for item in sent_requests(core)] == [
         (first.xid, GetDataRequest(path="/a")),
@@ -220,13 +225,13 @@ def test_xids_wrap_around_before_the_32_bit_limit() -> None:
 def test_replies_complete_requests_in_order_and_wake_their_waiters() -> None:
     core, woken = connected_core()
     slots = [
-        core.send([0, CREATE, "/a", b"v", 0, 0, False], "/a"),
+        core.send(CreateRequest(path="/a", data=b"v"), "/a"),
         get(core, "/a"),
-        core.send([0, SET_DATA, "/a", b"w", -1], "/a"),
+        core.send(SetDataRequest(path="/a", data=b"w"), "/a"),
         exists(core, "/b"),
         children(core, "/"),
-        core.send([0, SYNC, "/"], "/"),
-        core.send([0, DELETE, "/a", -1], "/a"),
+        core.send(SyncRequest(path="/"), "/"),
+        core.send(DeleteRequest(path="/a"), "/a"),
     ]
     for index, slot in enumerate(slots):
         slot.waiter = f"task{index}"
@@ -270,8 +275,8 @@ def test_replies_split_at_any_boundary_decode_the_same(cuts: list[int]) -> None:
 def test_an_error_reply_raises_the_typed_error_naming_the_path() -> None:
     core, _ = connected_core()
     missing = get(core, "/missing")
-    taken = core.send([0, CREATE, "/taken", b"", 0, 0, False], "/taken")
-    stale = core.send([0, SET_DATA, "/v", b"", 3], "/v")
+    taken = core.send(CreateRequest(path="/taken"), "/taken")
+    stale = core.send(SetDataRequest(path="/v", data=b"", version=3), "/v")
     core.receive(
         reply(missing.xid, None, err=NoNodeError.code)
         + reply(taken.xid, "node exists", err=NodeExistsError.code)
@@ -328,7 +333,7 @@ def test_a_cancelled_caller_is_not_woken_but_the_reply_is_consumed() -> None:
 def test_a_frame_over_the_limit_is_refused_before_sending() -> None:
     core, _ = connected_core(data_bytes_max=100)
     with pytest.raises(BadArgumentsError, match="over the limit"):
-        core.send([0, SET_DATA, "/a", b"x" * (200 * 1024), -1], "/a")
+        core.send(SetDataRequest(path="/a", data=b"x" * (200 * 1024)), "/a")
     assert core.outgoing == b""
     assert not core.pending
 
@@ -360,9 +365,14 @@ def test_a_session_expired_reply_marks_the_session_expired() -> None:
 
 
 def multi(core: SessionCore) -> Pending:
-    ops = [[CREATE, "/a", b"", 0, 0, False], [SET_DATA, "/b", b"x", -1], [DELETE, "/c", -1], [CHECK, "/d", 1]]
+    ops = (
+        CreateRequest(path="/a"),
+        SetDataRequest(path="/b", data=b"x"),
+        DeleteRequest(path="/c"),
+        CheckRequest(path="/d", version=1),
+    )
     kinds = [(CREATE, "/a"), (SET_DATA, "/b"), (DELETE, "/c"), (CHECK, "/d")]
-    return core.send([0, MULTI, ops], "", None, kinds)
+    return core.send(MultiRequest(ops=ops), "", None, kinds)
 
 
 def test_a_successful_multi_gives_kazoo_results() -> None:
@@ -471,7 +481,7 @@ def test_an_event_for_an_unwatched_path_is_ignored() -> None:
 
 def add_watch(core: SessionCore, path: str, *, recursive: bool) -> WatchStream:
     stream = WatchStream(path, recursive=recursive)
-    slot = core.send([0, ADD_WATCH, path, int(recursive)], path, stream, recursive)
+    slot = core.send(AddWatchRequest(path=path, mode=AddWatchMode(int(recursive))), path, stream, recursive)
     core.receive(reply(slot.xid, None))
     return stream
 
@@ -520,7 +530,7 @@ def test_a_recursive_watch_hears_its_subtree_but_not_children_changes() -> None:
 def test_an_add_watch_whose_caller_gave_up_is_not_registered() -> None:
     core, _ = connected_core()
     stream = WatchStream("/p", recursive=False)
-    slot = core.send([0, ADD_WATCH, "/p", 0], "/p", stream, False)
+    slot = core.send(AddWatchRequest(path="/p", mode=AddWatchMode.PERSISTENT), "/p", stream, False)
     stream._end()
     core.receive(reply(slot.xid, None))
     assert not core.watches
@@ -542,11 +552,11 @@ def test_remove_watches_reply_tells_the_local_watchers() -> None:
     slots = [get(core, "/x", data), children(core, "/x", child)]
     core.receive(reply(slots[0].xid, [b"", STAT.to_wire()]) + reply(slots[1].xid, [[], None]))
     stream = add_watch(core, "/x", recursive=False)
-    removal = core.send([0, REMOVE_WATCHES, "/x", int(WatcherType.DATA)], "/x", None, WatcherType.DATA)
+    removal = core.send(RemoveWatchesRequest(path="/x", watcher_type=WatcherType.DATA), "/x", None, WatcherType.DATA)
     core.receive(reply(removal.xid, None))
     assert data._event == WatchEvent(EventType.DATA_WATCH_REMOVED, "/x")
     assert not child.is_fired
-    removal = core.send([0, REMOVE_WATCHES, "/x", int(WatcherType.ANY)], "/x", None, WatcherType.ANY)
+    removal = core.send(RemoveWatchesRequest(path="/x", watcher_type=WatcherType.ANY), "/x", None, WatcherType.ANY)
     core.receive(reply(removal.xid, None))
     assert child._event == WatchEvent(EventType.CHILD_WATCH_REMOVED, "/x")
     assert drain(stream) == [WatchEvent(EventType.PERSISTENT_WATCH_REMOVED, "/x")]
@@ -639,7 +649,7 @@ def test_expire_fails_requests_watches_and_streams() -> None:
     slot = get(core, "/x", watch)
     core.receive(reply(slot.xid, [b"", STAT.to_wire()]))
     stream = add_watch(core, "/p", recursive=True)
-    pending = core.send([0, PING], "")
+    pending = core.send(PingRequest(), "")
     pending.waiter = "task"
     core.expire(SessionExpiredError("gone for good"))
     assert isinstance(pending.error, SessionExpiredError)

@@ -8,7 +8,7 @@ import random
 from typing import Any
 
 from coord import protocol
-from coord.errors import BadArgumentsError
+from coord.errors import BadArgumentsError, MarshallingError
 from coord.pipeline import Output, Pipeline, PipelineConfig
 from coord.prepare import Preparer, txn_body_bytes
 from coord.protocol import (
@@ -339,3 +339,19 @@ def test_limits_are_configurable_and_checked() -> None:
         load_config(overrides={"limits.path_depth_max": "0"})
     with pytest.raises(ConfigError, match=r"^limits.connection_outstanding_max: "):
         load_config(overrides={"limits.connection_outstanding_max": "-1"})
+
+
+def test_a_reply_over_the_frame_limit_is_a_typed_error_not_a_cut_connection() -> None:
+    """2,400 children with 4,000-byte names: a get_children reply no client could read."""
+    shell = Shell(data_bytes_max=64 * 1024)
+    shell.connect(1)
+    shell.send_all(1)
+    shell.request(1, 1, CreateRequest(path="/p"))
+    for i in range(40):
+        shell.request(1, 2 + i, CreateRequest(path=f"/p/{i:04}" + "n" * 4_000))
+        shell.send_all(1)
+    shell.request(1, 100, protocol.GetChildrenRequest(path="/p"))
+    reply = shell.replies(1)[-1]
+    assert reply[0] == 100 and reply[2] == MarshallingError.code
+    assert "over the frame limit" in reply[3]
+    assert shell.aborted == []

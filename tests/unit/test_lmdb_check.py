@@ -20,6 +20,7 @@ import pytest
 from coord.errors import StorageFullError
 from coord.storage import TxnLog
 from coord.storage.lmdb_check import LmdbFileError, LmdbMeta, check_data_file, free_pages, read_meta
+from coord.zxid import epoch_of, make_zxid
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,7 +53,7 @@ def make_env(directory: Path, records: int = 200, size: int = 3000) -> dict[str,
 
 def random_log_ops(txn_log: TxnLog, rng: random.Random, steps: int) -> Iterator[None]:
     """Appends, purges, truncations and meta writes as the server makes them; yields after each."""
-    zxid = 1 << 32
+    zxid = make_zxid(1, 0)
     for _ in range(steps):
         op = rng.random()
         try:
@@ -65,7 +66,7 @@ def random_log_ops(txn_log: TxnLog, rng: random.Random, steps: int) -> Iterator[
                 txn_log.purge_through(rng.randint(txn_log.first_zxid, txn_log.last_zxid))
             elif op < 0.9 and txn_log.last_zxid:
                 txn_log.truncate_after(rng.randint(max(txn_log.first_zxid, txn_log.base_zxid), txn_log.last_zxid))
-                zxid = ((max(txn_log.last_zxid, txn_log.base_zxid) >> 32) + 1) << 32
+                zxid = make_zxid(epoch_of(max(txn_log.last_zxid, txn_log.base_zxid)) + 1, 0)
             else:
                 txn_log.set_meta("accepted_epoch", rng.randint(0, 99))
         except StorageFullError:
@@ -159,7 +160,7 @@ def test_a_file_lmdb_left_short_opens_as_it_is_and_works(tmp_path: Path) -> None
     assert (directory / "data.mdb").stat().st_size == size  # not touched
     with TxnLog.open(directory) as reopened:
         assert reopened.verify() == entries
-        reopened.append([((((last >> 32) + 1) << 32) | 1, b"after")])
+        reopened.append([(make_zxid(epoch_of(last) + 1, 1), b"after")])
     with TxnLog.open(directory) as again:
         assert again.verify() == entries + 1
 

@@ -23,7 +23,8 @@ from coord.protocol import (
     SyncRequest,
 )
 from coord.tree import DataTree
-from coord.txn import CloseSessionTxn, epoch_of
+from coord.txn import CloseSessionTxn
+from coord.zxid import epoch_of
 
 
 def decode_frames(out: Output, conn_id: int) -> list[Any]:

@@ -25,12 +25,13 @@ from hypothesis import strategies as st
 import coord.storage.log as log_module
 from coord.errors import DataInconsistencyError, StorageError, StorageFullError
 from coord.storage import ACCEPTED_EPOCH, CURRENT_EPOCH, CorruptLogError, LogOrderError, TxnLog, zxid_follows
+from coord.zxid import COUNTER_MAX, counter_of, epoch_of, make_zxid
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def z(epoch: int, counter: int) -> int:
-    return (epoch << 32) | counter
+    return make_zxid(epoch, counter)
 
 
 def entries(epoch: int, first: int, last: int, size: int = 20) -> list[tuple[int, bytes]]:
@@ -105,7 +106,7 @@ def test_errors_belong_to_their_families() -> None:
     assert issubclass(LogOrderError, ValueError)
 
 
-# --- order and contiguity (CORRECTNESS rule 6) ----------------------------------------
+# --- order and contiguity (docs/correctness.md, rule 6) --------------------------------
 
 
 @pytest.mark.parametrize(
@@ -122,7 +123,7 @@ def test_errors_belong_to_their_families() -> None:
         (z(1, 5), z(2, 1), True),
         (z(1, 5), z(3, 9), True),
         (z(2, 1), z(1, 9), False),
-        (z(1, 0xFFFFFFFF), z(2, 0), True),
+        (z(1, COUNTER_MAX), z(2, 0), True),
     ],
 )
 def test_zxid_follows(previous: int, zxid: int, follows: bool) -> None:
@@ -568,8 +569,8 @@ def test_log_matches_a_model_of_itself(ops: list[tuple[str, int, bool]], seed: i
             for op, amount, new_epoch in ops:
                 previous = model[-1][0] if model else base
                 if op == "append":
-                    epoch = (previous >> 32) + (1 if new_epoch or previous == 0 else 0)
-                    first = 1 if epoch != previous >> 32 else (previous & 0xFFFFFFFF) + 1
+                    epoch = epoch_of(previous) + (1 if new_epoch or previous == 0 else 0)
+                    first = 1 if epoch != epoch_of(previous) else counter_of(previous) + 1
                     batch = [(z(epoch, first + i), rng.randbytes(rng.randrange(50))) for i in range(amount)]
                     txn_log.append(batch)
                     model.extend(batch)

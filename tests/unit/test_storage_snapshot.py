@@ -11,13 +11,14 @@ import pytest
 
 from coord.storage import SnapshotStore
 from coord.storage.snapshot import MAGIC
+from coord.zxid import make_zxid
 
 HEADER_BYTES = 8 + 1 + 8 + 8 + 32
 ZXID_OFFSET = 9
 
 
 def z(epoch: int, counter: int) -> int:
-    return (epoch << 32) | counter
+    return make_zxid(epoch, counter)
 
 
 @pytest.fixture

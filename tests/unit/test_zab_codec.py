@@ -33,9 +33,10 @@ from coord.zab import (
     encode_message,
     make_zxid,
 )
+from coord.zxid import COUNTER_MAX, EPOCH_MAX, ZXID_MAX
 
-zxids = st.integers(min_value=0, max_value=(1 << 64) - 1)
-epochs = st.integers(min_value=0, max_value=(1 << 32) - 1)
+zxids = st.integers(min_value=0, max_value=ZXID_MAX)
+epochs = st.integers(min_value=0, max_value=EPOCH_MAX)
 counts = st.integers(min_value=0, max_value=(1 << 63) - 1)
 blobs = st.binary(max_size=64)
 
@@ -44,7 +45,7 @@ blobs = st.binary(max_size=64)
 def batches(draw: st.DrawFn) -> tuple[int, tuple[bytes, ...]]:
     txns = tuple(draw(st.lists(blobs, min_size=1, max_size=5)))
     epoch = draw(epochs)
-    first = draw(st.integers(min_value=1, max_value=(1 << 32) - len(txns)))
+    first = draw(st.integers(min_value=1, max_value=COUNTER_MAX + 1 - len(txns)))
     return make_zxid(epoch, first), txns
 
 
@@ -128,9 +129,9 @@ def _item(message: Message) -> list:
         cbor2.dumps([12, make_zxid(1, 1), []]),  # an empty batch
         cbor2.dumps([12, make_zxid(1, 1), ["x"]]),  # text, not bytes
         cbor2.dumps([12, make_zxid(1, 0), [b"x"]]),  # counter 0 names no txn
-        cbor2.dumps([12, make_zxid(1, 0xFFFFFFFF), [b"x", b"y"]]),  # the batch leaves its epoch
+        cbor2.dumps([12, make_zxid(1, COUNTER_MAX), [b"x", b"y"]]),  # the batch leaves its epoch
         cbor2.dumps([1, 1, 2, 3, 4, 9]),  # not a peer state
-        cbor2.dumps([3, 1 << 32, 5]),  # epoch out of range
+        cbor2.dumps([3, EPOCH_MAX + 1, 5]),  # epoch out of range
         cbor2.dumps([4, 1, 1, 1, 1]),  # an int where a flag belongs
         cbor2.dumps([13, 1]) + b"\x00",  # trailing bytes
         cbor2.dumps(cbor2.CBORTag(4242, [13, 1])),  # a tag

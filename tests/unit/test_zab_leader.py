@@ -29,6 +29,7 @@ from coord.zab import (
     make_zxid,
 )
 from coord.zab.sync import SyncKind, entry_runs, plan_sync
+from coord.zxid import COUNTER_MAX
 
 from .zab_support import (
     MemoryDurable,
@@ -100,7 +101,7 @@ def test_leader_not_established_within_init_limit_steps_down() -> None:
     assert leader.role is Role.LOOKING
 
 
-# --- the sync decision (rule 3) -----------------------------------------------------------
+# --- the sync decision (docs/correctness.md, rule 3) ---------------------------------------
 
 
 def test_leader_diffs_a_follower_whose_last_zxid_is_in_its_history() -> None:
@@ -208,7 +209,7 @@ def test_entry_runs_split_by_epoch_and_batch() -> None:
     ]
 
 
-# --- commits (rule 2) ---------------------------------------------------------------------
+# --- commits (docs/correctness.md, rule 2) -------------------------------------------------
 
 
 def test_old_epoch_proposal_not_committed_by_counting_acks() -> None:
@@ -338,7 +339,7 @@ def test_zxids_are_contiguous_and_batches_are_bounded() -> None:
 
 def test_counter_about_to_overflow_forces_a_new_epoch() -> None:
     leader, _ = make_leader(1)
-    leader._ctx.journal.last_zxid = make_zxid(1, 0xFFFFFFFE)
+    leader._ctx.journal.last_zxid = make_zxid(1, COUNTER_MAX - 1)
     with pytest.raises(NotLeaderError):
         leader.propose(b"x")
     assert leader.role is Role.LOOKING

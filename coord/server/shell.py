@@ -1,30 +1,25 @@
 """The trio shell of one server: sockets, the disk thread, the clock.
 
-The shell owns no protocol logic. It wires three pure state machines together
-and carries out what they ask:
+The shell owns no protocol logic: every decision is the sans-IO
+:class:`~coord.server.core.ServerCore`'s (the pipeline and the ZAB core wired
+together). The shell turns sockets, the disk and the clock into the core's inputs and
+carries out its :class:`~coord.server.core.CoreOutput`; the
+:class:`~coord.peer.PeerTransport` carries the messages to the other servers (none
+when standalone). Tasks:
 
-- the :class:`~coord.pipeline.Pipeline` (client requests -> txns -> replies),
-- the ZAB core :class:`~coord.zab.peer.Peer` (ordering, durability, replication),
-- the :class:`~coord.peer.PeerTransport` to the other servers (none when standalone).
-
-A standalone server is an ensemble of one: the same ZAB core, with a quorum of
-one, so there is one code path. Tasks:
-
-- per client connection, a reader (frames -> pipeline) and a writer that flushes
-  everything queued for it in one ``send_all`` (replies coalesce under load);
-- the record writer: drains every record ZAB asked to persist at that moment into
-  one LMDB write transaction (group commit, one fsync) in a worker thread, then
-  reports ``persisted`` — ZAB acknowledges and delivers nothing before that;
+- per client connection, a reader (frames -> core, while the core wants input) and a
+  writer that flushes everything queued for it in one ``send_all`` (replies coalesce
+  under load) and reports the bytes sent back to the core;
+- the record writer: drains every record the core asked to persist at that moment
+  into one LMDB write transaction (group commit, one fsync) in a worker thread, then
+  reports ``persisted``: ZAB acknowledges and delivers nothing before that;
 - the ZAB ticker, the session ticker and the snapshotter.
 
-After every input the shell *pumps*: it moves outputs between the pipeline and
-ZAB until both are quiet, sends frames to connections, and messages to peers.
-Only LMDB writes and snapshot serialisation leave the trio thread
-(``trio.to_thread``).
+Only LMDB writes and snapshot serialisation leave the trio thread (``trio.to_thread``).
 
 A storage error makes this server drop its in-memory ZAB state and rejoin from its
-durable state (CORRECTNESS rule 4); everything in flight is answered with the
-error, reads keep working, and a standalone server re-elects itself at once.
+durable state (docs/correctness.md, rule 4); everything in flight is answered with
+the error, reads keep working, and a standalone server re-elects itself at once.
 """
 
 from __future__ import annotations
@@ -42,27 +37,25 @@ import trio
 from coord import protocol
 from coord.config import ServerConfig
 from coord.durable import LogDurableState, write_records
-from coord.errors import (
-    ConnectionLossError,
-    CoordError,
-    StorageError,
-    StorageFullError,
-    ThrottledOpError,
-    error_for_code,
-)
+from coord.errors import CoordError, StorageError, ThrottledOpError, error_for_code
 from coord.peer import PeerTransport
 from coord.pipeline import Mode, Pipeline, PipelineConfig
 from coord.protocol import ConnectRequest, FrameReader, ProtocolError, StatusRequest
 from coord.recovery import Recovered, recover
+from coord.server.core import CoreOutput, ServerCore
+from coord.storage import TxnLog
 from coord.tree import DataTree
-from coord.txn import Txn, decode_txn, encode_txn
-from coord.zab import Peer, PeerConfig, Role, decode_message, encode_message
-from coord.zab.types import Envelope, Record
+from coord.zab import Peer, PeerConfig
+from coord.zab.types import Record
 
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_S = 10.0
 RECEIVE_BYTES = 256 * 1024
+OPTIMIZED_REFUSAL = (
+    "coord does not run under python -O: its invariant checks are asserts, and -O would drop them silently"
+)
+"""Why :func:`open_server` refuses to start when ``__debug__`` is False."""
 STANDALONE_TICK_MS = 20
 """The ZAB tick of an ensemble of one (it only paces its own election)."""
 
@@ -100,7 +93,7 @@ class Server:
         self._log = recovered.log
         self._snapshots = recovered.snapshots
         now_ms = self._now_ms()
-        self.pipeline = Pipeline(
+        pipeline = Pipeline(
             recovered.tree,
             PipelineConfig(
                 server_id=config.server_id,
@@ -126,8 +119,8 @@ class Server:
         ensemble = config.ensemble
         self.is_standalone = ensemble is None
         self._zab_tick_s = (STANDALONE_TICK_MS if ensemble is None else ensemble.tick_ms) / 1000
-        self._durable = LogDurableState(recovered.log, recovered.snapshot_zxid, lambda: self.pipeline.tree)
-        self._peer_config = PeerConfig(
+        self._durable = LogDurableState(recovered.log, recovered.snapshot_zxid, lambda: self.core.tree)
+        peer_config = PeerConfig(
             server_id=config.server_id,
             voters=ensemble.voters if ensemble else (config.server_id,),
             **(
@@ -136,7 +129,15 @@ class Server:
                 else {}
             ),
         )
-        self.zab = Peer(self._peer_config, self._durable, random.Random(), delivered_zxid=recovered.snapshot_zxid)
+        self.core = ServerCore(
+            pipeline,
+            peer_config,
+            self._durable,
+            delivered_zxid=recovered.snapshot_zxid,
+            snapshot_every_txns=config.snapshot_every_txns,
+            standalone=self.is_standalone,
+            rng=random.Random(),
+        )
         self.transport: PeerTransport | None = None
         if ensemble is not None:
             self.transport = PeerTransport(
@@ -152,15 +153,10 @@ class Server:
         self._records_wakeup = trio.Event()
         self._log_lock = trio.Lock()  # one writer of the log at a time (records, purges)
         self._snapshot_wakeup = trio.Event()
-        self._since_snapshot = 0
-        self._own_txns: dict[int, Txn] = {}  # proposals of this leader, by zxid, until delivered
-        self._barriers: dict[int, tuple[tuple[int, int, int], int]] = {}  # id -> (sync, commit zxid then)
-        self._confirmed_syncs: list[tuple[tuple[int, int, int], int]] = []
         self._frame_bytes_max = protocol.frame_bytes_max(config.data_bytes_max)
         self.address: tuple[str, int] = ("", 0)
         self.snapshots_taken = 0
         self.last_storage_error: str | None = None
-        self.role_changes: list[str] = []
         self._ready = trio.Event()
         self._isolated = False
 
@@ -172,21 +168,29 @@ class Server:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     @property
+    def pipeline(self) -> Pipeline:
+        return self.core.pipeline
+
+    @property
+    def zab(self) -> Peer:
+        return self.core.zab
+
+    @property
     def tree(self) -> DataTree:
-        return self.pipeline.tree
+        return self.core.tree
 
     @property
     def role(self) -> str:
         """``standalone``, ``leader``, ``follower`` or ``looking``."""
-        if not self.zab.is_ready:
-            return "looking"
-        if self.is_standalone:
-            return "standalone"
-        return "leader" if self.zab.role is Role.LEADING else "follower"
+        return self.core.role
+
+    @property
+    def role_changes(self) -> list[str]:
+        return self.core.role_changes
 
     @property
     def is_serving(self) -> bool:
-        return self.zab.is_ready
+        return self.core.is_serving
 
     @property
     def is_isolated(self) -> bool:
@@ -194,18 +198,18 @@ class Server:
 
     async def wait_serving(self) -> None:
         """Wait until this server serves clients (it leads or follows an established leader)."""
-        while not self.zab.is_ready:
+        while not self.core.is_serving:
             await self._ready.wait()
 
     def status(self) -> dict[str, Any]:
         """Role, zxid, counts: what ``coord status`` shows."""
-        status = self.pipeline.status()
-        status["role"] = self.role
-        status["epoch"] = self.zab.epoch
-        status["leader"] = self.zab.leader_id
+        status = self.core.status()
         status["address"] = self.connect_string
         status["snapshots_taken"] = self.snapshots_taken
-        status["log"] = self._log.stats()
+        try:
+            status["log"] = self._log.stats()
+        except CoordError:
+            status["log"] = {"state": "being reopened after a storage error"}
         if self.last_storage_error:
             status["last_storage_error"] = self.last_storage_error
         return status
@@ -229,9 +233,10 @@ class Server:
 
     async def expire_session(self, session_id: int) -> bool:
         """Expire ``session_id`` now, as if it had timed out (leader only); returns once it is gone here."""
-        if not self.pipeline.expire_session(session_id, self._now_ms()):
+        expired = self.core.expire_session(session_id, self._now_ms())
+        self._carry_out()
+        if not expired:
             return False
-        self._pump()
         with trio.fail_after(30):
             while session_id in self.tree.sessions:
                 await trio.sleep(0.001)  # polling a condition, bounded by the deadline
@@ -248,165 +253,51 @@ class Server:
         return int(trio.current_time() * 1000)
 
     def _on_peer_message(self, source: int, data: bytes) -> None:
-        try:
-            message = decode_message(data)
-        except ValueError as error:
-            # The transport closes this link (and only it) on a ProtocolError.
-            raise ProtocolError(f"malformed ZAB message: {error}") from None
-        self.zab.step(Envelope(source=source, target=self.config.server_id, message=message))
-        self._pump()
+        # A ProtocolError (a malformed message) makes the transport close this link only.
+        self.core.peer_message(source, data, self._now_ms())
+        self._carry_out()
 
     def _on_peer_link_down(self, source: int) -> None:
-        self.zab.link_down(source)
-        self._pump()
+        self.core.peer_link_down(source, self._now_ms())
+        self._carry_out()
 
-    def _pump(self) -> None:
-        """Move outputs between the pipeline and ZAB until both are quiet."""
-        pipeline = self.pipeline
-        zab = self.zab
-        for _ in range(1_000):
-            out = pipeline.take_output()
-            busy = False
-            if out.frames:
-                conns = self._conns
-                for conn_id, frame in out.frames:
-                    conn = conns.get(conn_id)
-                    if conn is not None:
-                        conn.push(frame)
-            for conn_id in out.close:
-                conn = self._conns.get(conn_id)
-                if conn is not None:
-                    conn.close_soon()
-            for conn_id in out.abort:
-                conn = self._conns.get(conn_id)
-                if conn is not None:
-                    conn.outbox.clear()
-                    conn.scope.cancel()
-            for conn_id in out.resume:
-                conn = self._conns.get(conn_id)
-                if conn is not None:
-                    conn.resume.set()
-            for source in out.bad_peers:
-                if self.transport is not None:
-                    self.transport.disconnect(source, "it sent a malformed application message")
-            for txn in out.proposals:
-                busy = True
-                zxid = zab.propose(encode_txn(txn))
-                assert zxid == txn.zxid, f"ZAB assigned {zxid:#x}, the preparer {txn.zxid:#x}"
-                self._own_txns[zxid] = txn
-            for payload in out.to_leader:
-                busy = True
-                zab.app_to_leader(payload)
-            for target, payload in out.to_followers:
-                busy = True
-                zab.send_app(target, payload)
-            for barrier in out.barriers:
-                busy = True
-                # Remember what was committed when the sync arrived: the answer must
-                # reflect at least that (every write acknowledged before it).
-                self._barriers[zab.barrier()] = (barrier, zab.last_committed_zxid)
-
-            zout = zab.take_output()
-            if zout.send and self.transport is not None:
-                busy = self._send_to_peers(zout.send) or busy
-            if zout.persist:
-                self._records.extend(zout.persist)
-                self._records_wakeup.set()
-            if zout.install is not None:
-                busy = True
-                zxid, data = zout.install
-                tree = DataTree.from_bytes(data)
-                assert tree.last_zxid == zxid
-                pipeline.install(tree)
-            if zout.deliver:
-                busy = True
-                own = self._own_txns
-                txns = [own.pop(zxid, None) or decode_txn(data) for zxid, data in zout.deliver]
-                pipeline.committed(txns)
-                self._since_snapshot += len(txns)
-                if self._since_snapshot >= self.config.snapshot_every_txns:
-                    self._snapshot_wakeup.set()
-            for source, payload in zout.app:
-                busy = True
-                if zab.role is Role.LEADING:
-                    pipeline.from_follower(source, payload, self._now_ms())
-                else:
-                    pipeline.from_leader(source, payload)
-            for barrier_id in zout.barriers:
-                busy = True
-                pending = self._barriers.pop(barrier_id, None)
-                if pending is not None:
-                    self._confirmed_syncs.append(pending)
-            if self._confirmed_syncs:
-                busy = self._release_syncs() or busy
-            if zout.ready is not None or zout.roles:
-                busy = True
-                self._role_changed(zout.ready)
-            if not busy:
-                return
-        raise AssertionError("the pipeline and ZAB did not quiesce")  # pragma: no cover
-
-    def _send_to_peers(self, envelopes: list[Envelope]) -> bool:
-        """Hand ZAB's messages to the transport. One that cannot be encoded or sent
-        (over the peer frame limit) drops that peer's link only: the ZAB core then
-        treats it as lost and syncs it again when it is back. Returns whether a link
-        was dropped (the core has new output)."""
-        assert self.transport is not None
-        send = self.transport.send
-        dropped = False
-        for envelope in envelopes:
-            try:
-                send(envelope.target, encode_message(envelope.message))
-            except (ValueError, TypeError) as error:
-                self.transport.disconnect(envelope.target, f"a {type(envelope.message).__name__} failed: {error}")
-                self.zab.link_down(envelope.target)
-                dropped = True
-        return dropped
-
-    def _release_syncs(self) -> bool:
-        """Answer the syncs whose quorum round is done, once this server applied what
-        was committed when each arrived.
-
-        A follower's sync is answered through ZAB, which holds the answer on the
-        follower until it delivered that far. A sync of the leader's own client must
-        wait here: the leader can count a write committed (a quorum of followers
-        acknowledged it, and a follower may already have answered its client) before
-        its own disk write is done and the write applied to its tree.
-        """
-        applied = self.pipeline.tree.last_zxid
-        released = False
-        waiting: list[tuple[tuple[int, int, int], int]] = []
-        for barrier, commit_zxid in self._confirmed_syncs:
-            origin = barrier[0]
-            if origin == self.config.server_id and applied < commit_zxid:
-                waiting.append((barrier, commit_zxid))
+    def _carry_out(self) -> None:
+        """Do what the core asked since the last time."""
+        out: CoreOutput = self.core.take_output()
+        conns = self._conns
+        for conn_id, frame in out.frames:
+            conn = conns.get(conn_id)
+            if conn is not None:
+                conn.push(frame)
+        for conn_id in out.close:
+            conn = conns.get(conn_id)
+            if conn is not None:
+                conn.close_soon()
+        for conn_id in out.abort:
+            conn = conns.get(conn_id)
+            if conn is not None:
+                conn.outbox.clear()
+                conn.scope.cancel()
+        for conn_id in out.resume:
+            conn = conns.get(conn_id)
+            if conn is not None:
+                conn.resume.set()
+        transport = self.transport
+        if transport is not None:
+            for target, reason in out.disconnect:
+                transport.disconnect(target, reason)
+            for target, data in out.send:
+                transport.send(target, data)
+        if out.persist:
+            self._records.extend(out.persist)
+            self._records_wakeup.set()
+        if out.snapshot_due:
+            self._snapshot_wakeup.set()
+        if out.serving_changed:
+            if self.core.is_serving:
+                self._ready.set()
             else:
-                self.pipeline.barrier_done(*barrier)
-                released = True
-        self._confirmed_syncs = waiting
-        return released
-
-    def _role_changed(self, ready: bool | None) -> None:
-        zab = self.zab
-        now_ms = self._now_ms()
-        if ready is False or (not zab.is_ready and self.pipeline.mode is not Mode.OFFLINE):
-            self._own_txns.clear()
-            self._barriers.clear()
-            self._confirmed_syncs.clear()
-            self.pipeline.go_offline(ConnectionLossError("this server lost its leader; reconnect"))
-            self.role_changes.append("looking")
-            log.info("server %d: not serving (looking for a leader)", self.config.server_id)
-            self._ready = trio.Event()
-        elif zab.is_ready:
-            if zab.role is Role.LEADING and self.pipeline.mode is not Mode.LEADER:
-                self.pipeline.become_leader(zab.next_zxid, now_ms)
-            elif zab.role is Role.FOLLOWING and self.pipeline.mode is not Mode.FOLLOWER:
-                self.pipeline.become_follower(now_ms)
-            else:
-                return
-            self.role_changes.append(self.role)
-            log.info("server %d: %s in epoch %d", self.config.server_id, self.role, zab.epoch)
-            self._ready.set()
+                self._ready = trio.Event()
 
     # --- tasks ------------------------------------------------------------------------
 
@@ -425,42 +316,32 @@ class Server:
             except (StorageError, CoordError) as error:
                 await self._storage_failed(error)
                 continue
-            self.zab.persisted(records[-1].seq)
-            self._pump()
-            if self.zab.is_ready:
-                self.pipeline.set_offline_error(None)  # serving again: writes get their own answers
+            self.core.persisted(records[-1].seq, self._now_ms())
+            self._carry_out()
 
     async def _storage_failed(self, error: CoordError) -> None:
         """The disk refused a write: nothing after the last durable record is written.
 
-        The ZAB core's in-memory state assumed those records would be durable, so it is
-        rebuilt from what really is (rule 4); everything in flight fails with the error.
-        A standalone server re-elects itself at once (that writes its new epoch).
-
-        A full disk (:class:`StorageFullError`) is remembered until this server serves
-        again: writes arriving while it has no leader meanwhile get that error too, not
-        "no leader; retry" (docs/storage.md).
+        The core drops its in-memory ZAB state (see :meth:`ServerCore.storage_failed`);
+        the shell reopens the log when it refuses writes, and the core rejoins from what
+        is durable. A standalone server re-elects itself at once (that writes its new epoch).
         """
         self.last_storage_error = str(error)
         log.error("storage write failed: %s; rejoining from the durable state", error)
         self._records = []
-        self._own_txns.clear()
-        self._barriers.clear()
-        self._confirmed_syncs.clear()
-        self.pipeline.go_offline(error, disconnect=False)
-        self.pipeline.set_offline_error(error if isinstance(error, StorageFullError) else None)
+        self.core.storage_failed(error)
+        self._carry_out()
         if isinstance(error, StorageError) or self._log.refuses_writes:
             # After an I/O error (or a full disk) the log refuses writes until reopened.
-            await trio.to_thread.run_sync(self._log.close)
-            from coord.storage import TxnLog
-
-            self._log = await trio.to_thread.run_sync(
-                lambda: TxnLog.open(self.config.data_dir / "log", map_bytes=self.config.log_map_bytes)
-            )
-        self._durable = LogDurableState(self._log, self._durable.applied_zxid(), lambda: self.pipeline.tree)
-        # The rebuilt core delivers only what the tree does not have yet.
-        self.zab = Peer(self._peer_config, self._durable, random.Random(), delivered_zxid=self.pipeline.tree.last_zxid)
-        self._pump()
+            # The snapshotter's purge must not touch it meanwhile.
+            async with self._log_lock:
+                await trio.to_thread.run_sync(self._log.close)
+                self._log = await trio.to_thread.run_sync(
+                    lambda: TxnLog.open(self.config.data_dir / "log", map_bytes=self.config.log_map_bytes)
+                )
+        self._durable = LogDurableState(self._log, self._durable.applied_zxid(), lambda: self.core.tree)
+        self.core.rejoin(self._durable, self._now_ms())
+        self._carry_out()
 
     async def _serve_snapshots(self) -> None:
         while True:
@@ -474,7 +355,7 @@ class Server:
     async def _snapshot(self) -> int:
         # The image is a shallow copy taken on the trio thread (nodes are immutable),
         # so serialising it in a worker thread sees one consistent zxid.
-        self._since_snapshot = 0
+        self.core.snapshot_taken()
         image = self.tree.image()
         payload = await trio.to_thread.run_sync(DataTree.serialize_image, image)
         await trio.to_thread.run_sync(self._snapshots.write, image.last_zxid, payload)
@@ -495,15 +376,15 @@ class Server:
     async def _serve_zab_ticks(self) -> None:
         while True:
             await trio.sleep(self._zab_tick_s)
-            self.zab.tick()
-            self._pump()
+            self.core.zab_tick(self._now_ms())
+            self._carry_out()
 
     async def _serve_session_ticks(self) -> None:
         interval = self.config.tick_ms / 1000
         while True:
             await trio.sleep(interval)
-            self.pipeline.tick(self._now_ms())
-            self._pump()
+            self.core.session_tick(self._now_ms())
+            self._carry_out()
 
     # --- client connections -------------------------------------------------------------
 
@@ -518,8 +399,8 @@ class Server:
                 await self._converse(conn, peer)
         finally:
             self._conns.pop(conn_id, None)
-            self.pipeline.close_connection(conn_id)
-            self._pump()
+            self.core.client_closed(conn_id)
+            self._carry_out()
             with trio.move_on_after(1, shield=True):
                 await stream.aclose()
 
@@ -541,8 +422,8 @@ class Server:
             await stream.send_all(protocol.encode_frame(protocol.handshake_error(error.code, str(error))))
             return
         self._conns[conn.conn_id] = conn
-        self.pipeline.open_connection(conn.conn_id, handshake, self._now_ms())
-        self._pump()
+        self.core.open_client(conn.conn_id, handshake, self._now_ms())
+        self._carry_out()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._write_loop, conn, nursery.cancel_scope)
             await self._read_loop(conn, reader, peer)
@@ -579,13 +460,13 @@ class Server:
         decode_body = protocol.decode_body
         decode_request = protocol.decode_request
         while True:
-            while not self.pipeline.wants_input(conn_id):
-                if conn.closing or not self.pipeline.has_connection(conn_id):
+            core = self.core
+            while not core.wants_input(conn_id):
+                if conn.closing or not core.has_connection(conn_id):
                     return
                 conn.resume = trio.Event()
                 await conn.resume.wait()
             now_ms = self._now_ms()
-            pipeline = self.pipeline
             try:
                 if not reader.ready():
                     data = await stream.receive_some(RECEIVE_BYTES)
@@ -600,16 +481,18 @@ class Server:
                         if error.xid is None:
                             raise
                         log.info("%s: bad request xid %d: %s", peer, error.xid, error)
-                        pipeline.refuse_request(conn_id, error.xid, error_for_code(error.code)(str(error)))
+                        core.client_bad_request(conn_id, error.xid, error_for_code(error.code)(str(error)))
                     else:
-                        pipeline.request(conn_id, xid, request, now_ms, len(body) + 4)
-                    if not pipeline.wants_input(conn_id):
+                        core.client_request(conn_id, xid, request, now_ms, len(body) + 4)
+                    if not core.wants_input(conn_id):
                         break
             except ProtocolError as error:
                 log.info("%s: %s; closing the connection", peer, error)
-                self._pump()
+                core.flush()
+                self._carry_out()
                 return
-            self._pump()
+            core.flush()
+            self._carry_out()
             if conn.closing:
                 return
 
@@ -623,10 +506,10 @@ class Server:
                     data = b"".join(conn.outbox)
                     conn.outbox.clear()
                     await stream.send_all(data)
-                    # Unsent bytes are the pipeline's to count (it holds reads and
+                    # Unsent bytes are the core's to count (it holds reads and
                     # pauses or aborts the connection by them).
-                    self.pipeline.sent(conn.conn_id, len(data), self._now_ms())
-                    self._pump()
+                    self.core.client_sent(conn.conn_id, len(data), self._now_ms())
+                    self._carry_out()
                 if conn.closing and not conn.outbox:
                     scope.cancel()
                     return
@@ -664,7 +547,10 @@ async def open_server(
     Raises:
         coord.recovery.RecoveryError: the data directory is damaged beyond what can
             be recovered without losing acknowledged writes.
+        RuntimeError: Python runs with ``-O`` (see :data:`OPTIMIZED_REFUSAL`).
     """
+    if not __debug__:
+        raise RuntimeError(OPTIMIZED_REFUSAL)
     recovered = await trio.to_thread.run_sync(
         lambda: recover(config.data_dir, log_map_bytes=config.log_map_bytes, replay=False)
     )
@@ -686,8 +572,8 @@ async def open_server(
                     lambda task_status: transport.serve(listener=peer_listener, task_status=task_status)
                 )
             nursery.start_soon(trio.serve_listeners, server._handle, listeners)
-            server.zab.tick()  # start the election at once
-            server._pump()
+            server.core.start(server._now_ms())  # the first election at once
+            server._carry_out()
             log.info("server %d: clients on %s", config.server_id, server.connect_string)
             if server.is_standalone:
                 # A quorum of one: it elects itself as soon as its epoch is on disk.
