@@ -2,7 +2,7 @@
 #
 #   make run     start a local 3-server ensemble on loopback with its data in ./coord-data
 #   make test    run the test suite
-#   make lint    ruff check + ruff format --check
+#   make lint    ruff check + ruff format --check + mypy --strict on coord, client and recipes
 #   make bench   side-by-side benchmark against ZooKeeper (bench/README.md); BENCH_ARGS="--ops 2000" to tune
 #
 # Every target first makes sure .venv exists and holds an editable install of this project
@@ -11,6 +11,7 @@
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 LINT_PATHS := $(wildcard coord client recipes tests bench examples)
+TYPED_PATHS := coord client recipes
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -39,6 +40,7 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy --strict $(TYPED_PATHS)
 
 bench: $(VENV)/.installed-bench
 	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)

@@ -188,7 +188,7 @@ ENSEMBLE_TIMING: dict[str, int] = {"tick_ms": 100, "init_limit_ticks": 20, "sync
 def coord_status(address: str, *, timeout: float = 1.0) -> dict[str, Any]:
     """Ask one coord server for its status (what ``coord status --json`` prints), blocking.
 
-    The same exchange as :func:`coord.cli.fetch_status`, over a plain socket, so it can be called
+    The same exchange as :func:`coord.status.request_status`, over a plain socket, so it can be called
     from threads and from code that is not (or is already) inside ``trio.run``.
 
     Args:

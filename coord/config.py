@@ -61,9 +61,10 @@ and ``server.listen`` defaults to that member's ``client`` address. No two addre
 other servers dial it. Any number of servers from one up is accepted (an even count
 tolerates no more failures than the odd count below it, but is not wrong). The
 servers agree on :attr:`EnsembleConfig.ensemble_id`, a digest of the ids and peer
-addresses, and refuse peers whose digest differs (see :mod:`coord.peer`).
+addresses, and refuse peers whose digest differs (see :mod:`coord.transport`).
 
-``fault_hooks`` is for tests and cannot be set from a file.
+There is no switch for fault injection: the production server has no fault hooks (the
+test ensemble adds them, :mod:`coord.testing.faults`).
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ class EnsembleConfig:
 
     @property
     def peers(self) -> dict[int, Address]:
-        """Server id -> peer address, the shape :class:`coord.peer.PeerTransport` takes."""
+        """Server id -> peer address, the shape :class:`coord.transport.PeerTransport` takes."""
         return {server_id: member.peer for server_id, member in sorted(self.servers.items())}
 
     @property
@@ -170,7 +171,6 @@ class ServerConfig:
     outbox_bytes_total_max: int = 256 << 20
     connection_stall_ms: int = 30_000
     ensemble: EnsembleConfig | None = None  # None: standalone
-    fault_hooks: bool = False  # tests only; not settable from TOML
 
     @property
     def listen(self) -> str:
@@ -317,7 +317,7 @@ def _check_data_bytes_max(key: str, value: object) -> int:
     return _integer(key, value, low=1, high=_DATA_BYTES_MAX_LIMIT, what=f"an integer in 1..{_DATA_BYTES_MAX_LIMIT}")
 
 
-# A txn travels to the followers inside one peer frame (coord.peer's limit), with room for
+# A txn travels to the followers inside one peer frame (coord.transport's limit), with room for
 # the proposal's own fields.
 _TXN_BYTES_MAX_LIMIT = 32 << 20
 _PATH_BYTES_MAX_LIMIT = 1 << 16

@@ -14,7 +14,7 @@ Theory of operation
         ``from_leader`` (forwarded requests, session reports, syncs),
         ``barrier_done`` and the role changes ``become_leader`` /
         ``become_follower`` / ``go_offline``.
-    outputs (:class:`Output`, taken with :meth:`Pipeline.take_output`)
+    outputs (:class:`PipelineOutput`, taken with :meth:`Pipeline.take_output`)
         ``frames``: encoded frames per connection (replies, watch events, handshake
         answers), in the order they must be sent; ``proposals``: txns to make
         durable and order (standalone: append to the log; ensemble: hand to ZAB);
@@ -135,7 +135,9 @@ _ORDERED_REQUESTS = frozenset(
 
 SHED_BYTES = 64 * 1024
 """While all connections' unsent bytes are over ``outbox_bytes_total_max``, a connection
-holding more than this that is sent a watch event or write reply is closed."""
+holding more than this gets no read served, is closed when it is sent a watch event or
+write reply, and the largest such are closed at the next tick until the total is under
+the bound again. Connections holding less (they drain) are served as usual."""
 
 
 class EntryKind(enum.Enum):
@@ -163,6 +165,7 @@ class _Entry:
     close_after: bool = False
     zxid: int = 0  # a write's txn
     size: int = 0  # the request's frame bytes (counted in the connection's in-flight bytes)
+    error: CoordError | None = None  # answered with this error in its turn (the frame built then)
 
 
 @dataclass(slots=True)
@@ -180,7 +183,7 @@ class _Connection:
 
 
 @dataclass(slots=True)
-class Output:
+class PipelineOutput:
     """What the pipeline produced since the last :meth:`Pipeline.take_output`."""
 
     frames: list[tuple[int, bytes]] = field(default_factory=list)
@@ -256,7 +259,7 @@ class Pipeline:
         self._conns: dict[int, _Connection] = {}
         self._conn_of_session: dict[int, _Connection] = {}
         self._handshakes: dict[bytes, _Connection] = {}  # password -> connection awaiting CreateSession
-        self._out = Output()
+        self._out = PipelineOutput()
         self._now_ms = now_ms
         self._wall_offset_ms = wall_offset_ms
         self.epoch = epoch
@@ -341,9 +344,9 @@ class Pipeline:
 
     # --- outputs ------------------------------------------------------------------
 
-    def take_output(self) -> Output:
+    def take_output(self) -> PipelineOutput:
         out = self._out
-        self._out = Output()
+        self._out = PipelineOutput()
         return out
 
     def _send(self, conn: _Connection, frame: bytes, *, gated: bool = False) -> None:
@@ -397,7 +400,9 @@ class Pipeline:
         """Whether a read may add to this connection's unsent bytes now."""
         if conn.unsent >= self.config.connection_outbox_bytes_max:
             return False
-        if self._unsent_total >= self.config.outbox_bytes_total_max:
+        if self._unsent_total >= self.config.outbox_bytes_total_max and conn.unsent >= SHED_BYTES:
+            # Over the server's bound, connections that drain (little unsent) are still
+            # served; those that hold more wait, and the tick sheds the largest.
             self._held.add(conn.conn_id)
             return False
         return True
@@ -538,11 +543,10 @@ class Pipeline:
         conn = self._conns.get(conn_id)
         if conn is None or conn.closed or not conn.session_id:
             return
-        frame = self._error_frame(xid, error)
         if conn.queue:
-            conn.queue.append(_Entry(xid, EntryKind.READ, None, frame=frame))
+            conn.queue.append(_Entry(xid, EntryKind.READ, None, error=error))
         else:
-            self._send(conn, frame)
+            self._send(conn, self._error_frame(xid, error))
 
     def session_of(self, conn_id: int) -> int:
         conn = self._conns.get(conn_id)
@@ -567,18 +571,21 @@ class Pipeline:
             return
         self._now_ms = now_ms
         if not self._touch(session_id, now_ms):
-            self._send(conn, self._error_frame(xid, SessionExpiredError("session expired")))
-            self._out.close.append(conn_id)
-            self._drop(conn)
+            # Answered in its turn, after the requests before it (tests/sim finding S1),
+            # then the connection is closed.
+            # (The frame is built when it is sent: its zxid must not go back in time.)
+            expired = SessionExpiredError("session expired")
+            conn.queue.append(_Entry(xid, EntryKind.READ, None, close_after=True, error=expired))
+            self._flush(conn)
             return
         if self.mode is Mode.OFFLINE and type(request) in _ORDERED_REQUESTS:
             # No leader to order it (the connection stays for reads; a disk error or
             # an election is being recovered from). The client may retry.
-            error_frame = self._error_frame(xid, self._offline_error or NotLeaderError("no leader right now; retry"))
+            error = self._offline_error or NotLeaderError("no leader right now; retry")
             if conn.queue:
-                conn.queue.append(_Entry(xid, EntryKind.READ, None, frame=error_frame))
+                conn.queue.append(_Entry(xid, EntryKind.READ, None, error=error))
             else:
-                self._send(conn, error_frame)
+                self._send(conn, self._error_frame(xid, error))
             return
         match request:
             case CreateRequest() | DeleteRequest() | SetDataRequest() | MultiRequest() | CloseSessionRequest():
@@ -822,10 +829,13 @@ class Pipeline:
         while queue and not conn.closed:
             head = queue[0]
             if head.frame is None:
-                if head.kind is not EntryKind.READ or not self._may_serve(conn):
+                if head.error is not None:
+                    head.frame = self._error_frame(head.xid, head.error)
+                elif head.kind is not EntryKind.READ or not self._may_serve(conn):
                     break
-                assert head.request is not None
-                head.frame = self._read(conn, head.xid, head.request)
+                else:
+                    assert head.request is not None
+                    head.frame = self._read(conn, head.xid, head.request)
             queue.popleft()
             conn.inflight_bytes -= head.size
             self._send(conn, head.frame, gated=head.kind is EntryKind.READ)
@@ -897,6 +907,16 @@ class Pipeline:
         for conn in list(self._conns.values()):
             if conn.over_since_ms is not None and now_ms - conn.over_since_ms >= stall_ms:
                 self._abort(conn, f"{conn.unsent} reply bytes unsent for {now_ms - conn.over_since_ms} ms")
+        total_max = self.config.outbox_bytes_total_max
+        if self._unsent_total > total_max:
+            # Shed the largest backlogs until the server is under its bound again.
+            lagging = sorted(
+                (conn for conn in self._conns.values() if conn.unsent > SHED_BYTES), key=lambda conn: -conn.unsent
+            )
+            for conn in lagging:
+                if self._unsent_total <= total_max:
+                    break
+                self._abort(conn, f"{conn.unsent} reply bytes unsent while the server holds {self._unsent_total}")
         if self.mode is Mode.FOLLOWER:
             touched = self.take_touches()
             if touched:

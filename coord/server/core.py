@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coord.errors import ConnectionLossError, CoordError, StorageFullError
-from coord.peer import FRAME_BYTES_MAX_DEFAULT as PEER_FRAME_BYTES_MAX
 from coord.pipeline import Mode, Pipeline
 from coord.protocol import ConnectRequest, ProtocolError, Request
+from coord.transport import FRAME_BYTES_MAX_DEFAULT as PEER_FRAME_BYTES_MAX
 from coord.tree import DataTree
 from coord.txn import Txn, decode_txn, encode_txn
 from coord.zab import Peer, PeerConfig, Role, decode_message, encode_message

@@ -4,7 +4,7 @@ The shell owns no protocol logic: every decision is the sans-IO
 :class:`~coord.server.core.ServerCore`'s (the pipeline and the ZAB core wired
 together). The shell turns sockets, the disk and the clock into the core's inputs and
 carries out its :class:`~coord.server.core.CoreOutput`; the
-:class:`~coord.peer.PeerTransport` carries the messages to the other servers (none
+:class:`~coord.transport.PeerTransport` carries the messages to the other servers (none
 when standalone). Tasks:
 
 - per client connection, a reader (frames -> core, while the core wants input) and a
@@ -29,8 +29,8 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import trio
 
@@ -38,20 +38,24 @@ from coord import protocol
 from coord.config import ServerConfig
 from coord.durable import LogDurableState, write_records
 from coord.errors import CoordError, StorageError, ThrottledOpError, error_for_code
-from coord.peer import PeerTransport
 from coord.pipeline import Mode, Pipeline, PipelineConfig
 from coord.protocol import ConnectRequest, FrameReader, ProtocolError, StatusRequest
 from coord.recovery import Recovered, recover
 from coord.server.core import CoreOutput, ServerCore
 from coord.storage import TxnLog
+from coord.transport import PeerTransport
 from coord.tree import DataTree
 from coord.zab import Peer, PeerConfig
 from coord.zab.types import Record
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 HANDSHAKE_TIMEOUT_S = 10.0
 RECEIVE_BYTES = 256 * 1024
+READ_BATCH_FRAMES = 64
+"""Requests handled from one connection before the others get their turn."""
 OPTIMIZED_REFUSAL = (
     "coord does not run under python -O: its invariant checks are asserts, and -O would drop them silently"
 )
@@ -158,7 +162,6 @@ class Server:
         self.snapshots_taken = 0
         self.last_storage_error: str | None = None
         self._ready = trio.Event()
-        self._isolated = False
 
     # --- public ---------------------------------------------------------------------
 
@@ -192,10 +195,6 @@ class Server:
     def is_serving(self) -> bool:
         return self.core.is_serving
 
-    @property
-    def is_isolated(self) -> bool:
-        return self._isolated
-
     async def wait_serving(self) -> None:
         """Wait until this server serves clients (it leads or follows an established leader)."""
         while not self.core.is_serving:
@@ -214,33 +213,33 @@ class Server:
             status["last_storage_error"] = self.last_storage_error
         return status
 
-    def drop_connections(self) -> None:
-        """Close every client connection now (a fault hook for tests). Sessions live on."""
+    # --- for embedding and tests ------------------------------------------------------
+    #
+    # The whole surface the test ensemble's fault hooks (coord.testing.faults) use, besides
+    # ``core`` and ``transport``: they subclass Server and build it through open_server's
+    # ``server_type``. Nothing in the server calls these for itself but ``admits_clients``.
+
+    def close_client_connections(self) -> None:
+        """Close every client connection now, as if the network dropped them. Sessions live
+        on: their clients reconnect (here or elsewhere) within the session timeout."""
         for conn in list(self._conns.values()):
             conn.scope.cancel()
 
-    def isolate(self) -> None:
-        """Cut this server off from its peers and its clients (a fault hook for tests)."""
-        self._isolated = True
-        if self.transport is not None:
-            self.transport.isolate()
-        self.drop_connections()
-
-    def heal(self) -> None:
-        self._isolated = False
-        if self.transport is not None:
-            self.transport.heal()
-
-    async def expire_session(self, session_id: int) -> bool:
-        """Expire ``session_id`` now, as if it had timed out (leader only); returns once it is gone here."""
-        expired = self.core.expire_session(session_id, self._now_ms())
-        self._carry_out()
-        if not expired:
-            return False
-        with trio.fail_after(30):
-            while session_id in self.tree.sessions:
-                await trio.sleep(0.001)  # polling a condition, bounded by the deadline
+    def admits_clients(self) -> bool:
+        """Whether a new client connection is taken (True). A subclass may refuse them for a
+        while: a refused connection is closed before its handshake is read."""
         return True
+
+    def drive(self, step: Callable[[ServerCore, int], T]) -> T:
+        """Give the core an input from outside the shell's own tasks and carry out what it asks.
+
+        Calls ``step(core, now_ms)`` on the trio thread (the core's inputs all take the
+        time), then does at once what the core asked for; returns what ``step`` returned.
+        E.g. ``server.drive(lambda core, now_ms: core.expire_session(session_id, now_ms))``.
+        """
+        result = step(self.core, self._now_ms())
+        self._carry_out()
+        return result
 
     async def take_snapshot(self) -> int:
         """Snapshot the tree now; returns the zxid it covers."""
@@ -394,9 +393,12 @@ class Server:
         peer = _peer_name(stream)
         try:
             with conn.scope:
-                if self._isolated:
+                if not self.admits_clients():
                     return
                 await self._converse(conn, peer)
+        except* (trio.BrokenResourceError, trio.ClosedResourceError) as lost:
+            # A reset (the client died with replies unread) ends this connection only.
+            log.info("%s: connection lost (%s)", peer, lost.exceptions[0])
         finally:
             self._conns.pop(conn_id, None)
             self.core.client_closed(conn_id)
@@ -474,7 +476,7 @@ class Server:
                         return
                     reader.feed(data)
                     continue
-                for body in reader:
+                for batch, body in enumerate(reader, 1):
                     try:
                         xid, request = decode_request(decode_body(body))
                     except ProtocolError as error:
@@ -484,7 +486,7 @@ class Server:
                         core.client_bad_request(conn_id, error.xid, error_for_code(error.code)(str(error)))
                     else:
                         core.client_request(conn_id, xid, request, now_ms, len(body) + 4)
-                    if not core.wants_input(conn_id):
+                    if batch >= READ_BATCH_FRAMES or not core.wants_input(conn_id):
                         break
             except ProtocolError as error:
                 log.info("%s: %s; closing the connection", peer, error)
@@ -495,6 +497,9 @@ class Server:
             self._carry_out()
             if conn.closing:
                 return
+            # Let the other connections' tasks run: one client's pipelined burst must
+            # not hold the loop (fairness; the rest of its frames stay in ``reader``).
+            await trio.lowlevel.checkpoint()
 
     async def _write_loop(self, conn: _ClientConnection, scope: trio.CancelScope) -> None:
         stream = conn.stream
@@ -531,6 +536,7 @@ async def open_server(
     *,
     client_listener: trio.SocketListener | None = None,
     peer_listener: trio.SocketListener | None = None,
+    server_type: type[Server] = Server,
 ) -> AsyncIterator[Server]:
     """Recover the state under ``config.data_dir`` and serve until the block ends.
 
@@ -543,6 +549,8 @@ async def open_server(
         client_listener, peer_listener: pre-bound listeners to use instead of binding
             the configured addresses (the embedded test ensemble binds port 0 for every
             server first, then writes the real ports into each server's configuration).
+        server_type: the :class:`Server` subclass to run (the test ensemble's adds
+            fault hooks: :mod:`coord.testing.faults`).
 
     Raises:
         coord.recovery.RecoveryError: the data directory is damaged beyond what can
@@ -554,7 +562,7 @@ async def open_server(
     recovered = await trio.to_thread.run_sync(
         lambda: recover(config.data_dir, log_map_bytes=config.log_map_bytes, replay=False)
     )
-    server = Server(config, recovered)
+    server = server_type(config, recovered)
     try:
         if client_listener is not None:
             listeners = [client_listener]

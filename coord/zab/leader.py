@@ -208,13 +208,28 @@ class Leader:
         if is_due and self.phase in (LeaderPhase.EPOCH_ACKS, LeaderPhase.SYNC, LeaderPhase.BROADCAST):
             self._send_pings()
         if self.is_established:
+            sync_limit = ctx.config.sync_limit_ticks
             heard = [ctx.me] + [
                 server
                 for server, learner in self._learners.items()
-                if learner.stage is LearnerStage.SYNCED and ctx.now - learner.last_heard <= ctx.config.sync_limit_ticks
+                if learner.stage is LearnerStage.SYNCED and ctx.now - learner.last_heard <= sync_limit
             ]
             if not is_quorum(heard, ctx.voters):
-                self._abandon(f"heard from no quorum within {ctx.config.sync_limit_ticks} ticks")
+                self._abandon(f"heard from no quorum within {sync_limit} ticks")
+                return
+            # A synced follower unheard for the sync limit is dropped, as ZooKeeper's leader
+            # closes its LearnerHandler: it gets nothing more (no proposals, no pings), so it
+            # stops serving at its own sync limit and syncs again with a new FOLLOWERINFO.
+            # Without this, a follower whose messages are lost but which still hears the
+            # leader (a one-way partition) serves on while its clients' writes, syncs and
+            # session touches are lost and their sessions expire (tests/sim finding S2).
+            for server in [
+                server
+                for server, learner in self._learners.items()
+                if learner.stage is LearnerStage.SYNCED and ctx.now - learner.last_heard > sync_limit
+            ]:
+                log.info("peer %d (leader): dropping follower %d, unheard for %d ticks", ctx.me, server, sync_limit)
+                del self._learners[server]
 
     def on_persisted(self) -> None:
         persisted = self._journal.persisted_seq

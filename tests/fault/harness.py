@@ -11,8 +11,8 @@ One schedule (:func:`run_schedule`):
 4. then undo every fault, wait until the servers agree, read every key once more, wait
    for every ephemeral of a dead session to go, and stop the servers;
 5. read each server's log and snapshots back from LMDB and check: the history exactly
-   against the merged log (:mod:`coord.history`), then black-box
-   (:mod:`coord.linearizability`); every server's tree rebuilt from disk has the same
+   against the merged log (:mod:`coord.testing.history`), then black-box
+   (:mod:`coord.testing.linearizability`); every server's tree rebuilt from disk has the same
    digest, equals the reference replay, and holds no ephemeral of a dead session.
 
 Reply zxids are exact: every client's stream goes through a :class:`ReplyTap` (given to
@@ -39,7 +39,11 @@ import trio
 
 import client
 from coord import protocol
-from coord.history import (
+from coord.protocol import Op
+from coord.recovery import recover
+from coord.storage import SnapshotStore, TxnLog
+from coord.testing import Ensemble, open_ensemble
+from coord.testing.history import (
     HistoryRecorder,
     MergedLog,
     Operation,
@@ -52,12 +56,8 @@ from coord.history import (
     linearizability_calls,
     merge_logs,
 )
-from coord.linearizability import Report as LinearizabilityReport
-from coord.linearizability import check as check_linearizable
-from coord.protocol import Op
-from coord.recovery import recover
-from coord.storage import SnapshotStore, TxnLog
-from coord.testing import Ensemble, open_ensemble
+from coord.testing.linearizability import Report as LinearizabilityReport
+from coord.testing.linearizability import check as check_linearizable
 from coord.tree import DataTree
 
 PREFIX = "/h"
@@ -689,7 +689,7 @@ class Outcomes:
 
     schedule: Schedule
     operations: list[Operation]
-    history: Any = None  # coord.history.HistoryReport
+    history: Any = None  # coord.testing.history.HistoryReport
     linearizability: LinearizabilityReport | None = None
     violations: list[Violation] = field(default_factory=list)
     events: list[str] = field(default_factory=list)

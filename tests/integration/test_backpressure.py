@@ -107,3 +107,25 @@ async def test_write_errors_say_what_is_wrong(tmp_path: Path) -> None:
         else:
             raise AssertionError("a 20 KB path must be refused")
         assert await zk.create("/still", b"fine") == "/still"
+
+
+async def test_a_client_that_resets_its_connection_does_not_end_the_server(tmp_path: Path) -> None:
+    """A reset (RST, as when a client process dies with unread data) while the server
+    reads or writes must close that connection only."""
+    import socket
+    import struct
+
+    async with open_server(server_config(tmp_path)) as server, client.connect(server.connect_string) as good:
+        await good.create("/n", b"x" * 100_000)
+        gets = b"".join(
+            protocol.encode_frame(protocol.encode_request(i, GetDataRequest(path="/n"))) for i in range(1, 3)
+        )
+        for _ in range(20):
+            raw = await RawConnection.open(server.address)
+            await raw.handshake(timeout_ms=5_000)
+            await raw.send_bytes(gets)
+            await wait_until(lambda: server.status()["unsent_bytes"] == 0)  # replies sent, unread
+            raw.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            raw.stream.socket.close()  # RST: unread replies are in our receive buffer
+            await good.create("/still-serving-", sequence=True)
+        assert (await good.get("/n"))[0] == b"x" * 100_000

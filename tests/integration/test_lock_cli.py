@@ -16,7 +16,7 @@ from pathlib import Path
 import trio
 
 import client
-from coord.lockcli import EXIT_LOST, EXIT_NOT_ACQUIRED, EXIT_NOT_FOUND, EXIT_USAGE
+from coord.cli.lock import EXIT_LOST, EXIT_NOT_ACQUIRED, EXIT_NOT_FOUND, EXIT_USAGE
 from coord.testing import Ensemble, open_ensemble
 from recipes import Lock
 from tests.integration.test_recipes_helpers import connect

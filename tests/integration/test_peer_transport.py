@@ -18,10 +18,10 @@ import cbor2
 import pytest
 import trio
 
-from coord import peer as peer_module
+from coord import transport as transport_module
 from coord.config import EnsembleConfig, EnsembleMember
-from coord.peer import PeerTransport, bind_peer_listeners, listener_address
 from coord.protocol import HEADER, encode_frame
+from coord.transport import PeerTransport, bind_peer_listeners, listener_address
 from tests.polling import wait_until
 
 ENSEMBLE_ID = EnsembleConfig(servers={1: EnsembleMember(peer=("127.0.0.1", 1), client=("127.0.0.1", 2))}).ensemble_id
@@ -268,7 +268,7 @@ async def test_the_same_transport_can_serve_again_after_it_stopped() -> None:
 async def test_strangers_are_refused_and_the_others_are_unaffected(
     caplog: pytest.LogCaptureFixture, data: bytes, reason: str
 ) -> None:
-    caplog.set_level(logging.INFO, logger="coord.peer")
+    caplog.set_level(logging.INFO, logger="coord.transport")
     with trio.fail_after(10):
         async with open_cluster(3, serving=2) as cluster:  # server 3 is configured but absent
             await cluster.wait_connected()
@@ -288,7 +288,7 @@ async def test_strangers_are_refused_and_the_others_are_unaffected(
 
 
 async def test_a_silent_stranger_is_closed_after_the_handshake_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(peer_module, "HANDSHAKE_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(transport_module, "HANDSHAKE_TIMEOUT_S", 0.2)
     with trio.fail_after(10):
         async with open_cluster(2, serving=1) as cluster, RawPeer.open(cluster.peers[1]) as raw:
             await raw.send(b"\x00\x00")  # half a length prefix, then nothing
@@ -298,7 +298,7 @@ async def test_a_silent_stranger_is_closed_after_the_handshake_timeout(monkeypat
 async def test_an_oversized_frame_after_the_handshake_closes_that_connection(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="coord.peer")
+    caplog.set_level(logging.INFO, logger="coord.transport")
     with trio.fail_after(10):
         async with open_cluster(3, serving=2, frame_bytes_max=1000) as cluster:
             await cluster.wait_connected()
@@ -330,7 +330,7 @@ async def test_a_new_connection_from_a_server_supersedes_its_old_one() -> None:
 
 async def test_a_server_answering_with_another_id_is_refused_by_the_dialer(caplog: pytest.LogCaptureFixture) -> None:
     """Server 1's configuration points at server 3's address for server 2: no link comes up."""
-    caplog.set_level(logging.INFO, logger="coord.peer")
+    caplog.set_level(logging.INFO, logger="coord.transport")
     listeners = await bind_peer_listeners(2)
     first, second = (listener_address(listener) for listener in listeners.values())
     with trio.fail_after(10):
@@ -352,7 +352,7 @@ async def test_a_server_answering_with_another_id_is_refused_by_the_dialer(caplo
 
 
 async def test_servers_of_different_ensembles_refuse_each_other(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="coord.peer")
+    caplog.set_level(logging.INFO, logger="coord.transport")
     with trio.fail_after(10):
         async with open_cluster(2, serving=1) as cluster:
             other = await cluster.start(2, ensemble_id=b"other")

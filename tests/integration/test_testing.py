@@ -13,7 +13,9 @@ import trio
 import client
 from coord.config import load_config
 from coord.protocol import ProtocolError
-from coord.testing import ServerProcess, _pick_free_ports, _toml, open_ensemble
+from coord.testing import ServerProcess, open_ensemble
+from coord.testing.processes import config_toml as _toml
+from coord.testing.processes import pick_free_ports as _pick_free_ports
 from tests.polling import wait_until
 
 

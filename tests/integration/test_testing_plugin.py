@@ -1,4 +1,4 @@
-"""The pytest plugin (coord.pytest_plugin), run the way a user runs it: pytester writes a
+"""The pytest plugin (coord.testing.pytest_plugin), run the way a user runs it: pytester writes a
 test project, runs pytest on it, and reads the outcome.
 
 The inner runs find the plugin through its ``pytest11`` entry point, as a project that

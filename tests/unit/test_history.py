@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from coord.history import (
+from coord.protocol import CreateMode
+from coord.testing.history import (
     HistoryRecorder,
     MergedLog,
     Operation,
@@ -15,8 +16,7 @@ from coord.history import (
     linearizability_calls,
     merge_logs,
 )
-from coord.linearizability import Outcome, check
-from coord.protocol import CreateMode
+from coord.testing.linearizability import Outcome, check
 from coord.tree import DataTree
 from coord.txn import (
     CloseSessionTxn,

@@ -9,7 +9,7 @@ from typing import Any
 
 from coord import protocol
 from coord.errors import BadArgumentsError, MarshallingError
-from coord.pipeline import Output, Pipeline, PipelineConfig
+from coord.pipeline import Pipeline, PipelineConfig, PipelineOutput
 from coord.prepare import Preparer, txn_body_bytes
 from coord.protocol import (
     AddWatchMode,
@@ -129,7 +129,7 @@ class Shell:
 
     def run(self) -> None:
         while True:
-            out: Output = self.pipeline.take_output()
+            out: PipelineOutput = self.pipeline.take_output()
             for conn_id, frame in out.frames:
                 self.unsent[conn_id] = self.unsent.get(conn_id, 0) + len(frame)
                 self.frames.setdefault(conn_id, []).append(protocol.decode_body(frame[4:]))
@@ -186,18 +186,26 @@ def test_reads_are_held_while_a_connection_does_not_drain() -> None:
 
 
 def test_all_connections_together_are_bounded() -> None:
-    shell = Shell(connection_outbox_bytes_max=1 << 20, outbox_bytes_total_max=4_000)
+    """Over the server's bound, a connection holding much waits (and the tick sheds the
+    largest), while one that drains is still served: slow clients cannot starve others."""
+    shell = Shell(connection_outbox_bytes_max=1 << 20, outbox_bytes_total_max=150_000)
     for conn_id in (1, 2, 3):
         shell.connect(conn_id)
         shell.send_all(conn_id)
-    shell.request(1, 1, CreateRequest(path="/big", data=b"x" * 2_000))
+    shell.request(1, 1, CreateRequest(path="/big", data=b"x" * 90_000))
     shell.send_all(1)
-    for conn_id in (1, 2, 3):
-        shell.request(conn_id, 2, GetDataRequest(path="/big"))
-    # the third read would pass the total: held until someone drains
-    assert [len(shell.replies(c)) for c in (1, 2, 3)] == [2, 1, 0]
-    shell.send_all(2)
+    shell.request(1, 2, GetDataRequest(path="/big"))  # 90 KB unsent on 1
+    shell.request(2, 1, GetDataRequest(path="/big"))  # 180 KB in all: over the bound
+    shell.request(1, 3, GetDataRequest(path="/big"))  # 1 holds over 64 KiB: its read waits
+    assert [reply[0] for reply in shell.replies(1)] == [1, 2]
+    shell.request(3, 1, GetDataRequest(path="/big"))  # 3 holds nothing: served
     assert len(shell.replies(3)) == 1
+    shell.send_all(2)  # 2 drained, but the total is still over: 1 keeps waiting
+    assert [reply[0] for reply in shell.replies(1)] == [1, 2]
+    shell.pipeline.tick(shell.now_ms)
+    shell.run()
+    assert shell.aborted  # the largest backlogs were shed
+    assert shell.pipeline.status()["unsent_bytes"] <= 150_000
 
 
 def test_outstanding_requests_pause_reading() -> None:

@@ -10,7 +10,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coord.linearizability import (
+from coord.testing.linearizability import (
     BAD_VERSION,
     INVALID,
     NO_NODE,

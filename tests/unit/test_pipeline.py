@@ -10,7 +10,7 @@ import random
 from typing import Any
 
 from coord import errors, protocol
-from coord.pipeline import Mode, Output, Pipeline, PipelineConfig
+from coord.pipeline import Mode, Pipeline, PipelineConfig, PipelineOutput
 from coord.protocol import (
     CloseSessionRequest,
     ConnectRequest,
@@ -27,7 +27,7 @@ from coord.txn import CloseSessionTxn
 from coord.zxid import epoch_of
 
 
-def decode_frames(out: Output, conn_id: int) -> list[Any]:
+def decode_frames(out: PipelineOutput, conn_id: int) -> list[Any]:
     return [protocol.decode_body(frame[4:]) for target, frame in out.frames if target == conn_id]
 
 
@@ -43,9 +43,9 @@ class Harness:
             epoch=1,
         )
 
-    def commit_all(self) -> Output:
+    def commit_all(self) -> PipelineOutput:
         """Persist and commit every proposal until none is left; return all output."""
-        merged = Output()
+        merged = PipelineOutput()
         while True:
             out = self.pipeline.take_output()
             merged.frames += out.frames

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-import coord.history
 import coord.storage
+import coord.testing.history
 import coord.txn
 import coord.zab
 from coord.zxid import (
@@ -59,6 +59,6 @@ def test_the_zab_rule_and_the_log_rule(previous: int, zxid: int, in_zab: bool, i
 def test_the_old_names_stay_importable_and_keep_their_rule() -> None:
     assert coord.zab.zxid_follows is zab_follows
     assert coord.storage.zxid_follows is log_follows
-    assert coord.history.zxid_follows is log_follows
+    assert coord.testing.history.zxid_follows is log_follows
     assert (coord.txn.make_zxid, coord.txn.epoch_of, coord.txn.counter_of) == (make_zxid, epoch_of, counter_of)
     assert (coord.zab.make_zxid, coord.zab.format_zxid) == (make_zxid, format_zxid)

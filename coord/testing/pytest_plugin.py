@@ -47,14 +47,16 @@ nothing in test runs that do not use it.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
 if TYPE_CHECKING:
-    from coord.testing import EnsembleThread
+    import client
+    from coord.testing import Ensemble, EnsembleThread, SharedEnsemble
 
-SCOPES = ("function", "class", "module", "package", "session")
+Scope = Literal["session", "package", "module", "class", "function"]
+SCOPES: tuple[Scope, ...] = ("function", "class", "module", "package", "session")
 MARKER = "coord_ensemble"
 START_TIMEOUT_S = 60.0
 RESTORE_TIMEOUT_S = 60.0
@@ -83,12 +85,13 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def _scope(fixture_name: str, config: pytest.Config) -> str:
+def _scope(fixture_name: str, config: pytest.Config) -> Scope:
     """The scope of the shared ensemble, from the ``coord_ensemble_scope`` ini option."""
-    scope = str(config.getini("coord_ensemble_scope") or "function").strip()
-    if scope not in SCOPES:
-        raise pytest.UsageError(f"coord_ensemble_scope: must be one of {', '.join(SCOPES)}, got {scope!r}")
-    return scope
+    text = str(config.getini("coord_ensemble_scope") or "function").strip()
+    for scope in SCOPES:
+        if scope == text:
+            return scope
+    raise pytest.UsageError(f"coord_ensemble_scope: must be one of {', '.join(SCOPES)}, got {text!r}")
 
 
 def _options(request: pytest.FixtureRequest) -> dict[str, Any]:
@@ -122,7 +125,9 @@ def _coord_shared_ensemble(request: pytest.FixtureRequest) -> Iterator[EnsembleT
         yield ensemble
 
 
-async def coord_ensemble(request: pytest.FixtureRequest, _coord_shared_ensemble: EnsembleThread | None) -> Any:
+async def coord_ensemble(
+    request: pytest.FixtureRequest, _coord_shared_ensemble: EnsembleThread | None
+) -> AsyncIterator[Ensemble | SharedEnsemble]:
     """A running coord ensemble with an elected leader (see the module doc)."""
     import trio
 
@@ -143,7 +148,7 @@ async def coord_ensemble(request: pytest.FixtureRequest, _coord_shared_ensemble:
         yield ensemble
 
 
-async def coord_client(coord_ensemble: Any) -> AsyncIterator[Any]:
+async def coord_client(coord_ensemble: Ensemble | SharedEnsemble) -> AsyncIterator[client.Client]:
     """A ``client.Client`` with a session on ``coord_ensemble``, closed after the test."""
     import client
 
@@ -156,8 +161,8 @@ async def coord_client(coord_ensemble: Any) -> AsyncIterator[Any]:
 # (coord's users may not have it; only the trio fixtures need it).
 coord_ensemble._force_trio_fixture = True  # type: ignore[attr-defined]
 coord_client._force_trio_fixture = True  # type: ignore[attr-defined]
-coord_ensemble = pytest.fixture(coord_ensemble)  # type: ignore[assignment]
-coord_client = pytest.fixture(coord_client)  # type: ignore[assignment]
+coord_ensemble = pytest.fixture(coord_ensemble)
+coord_client = pytest.fixture(coord_client)
 
 
 @pytest.fixture

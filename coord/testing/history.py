@@ -1,7 +1,7 @@
 """Checking a client history against the servers' own committed logs.
 
 This is the first, exact check of docs/correctness.md ("Checking histories"): the servers can
-tell us their linearization order, so use it. (:mod:`coord.linearizability` is the
+tell us their linearization order, so use it. (:mod:`coord.testing.linearizability` is the
 black-box cross-check that trusts no zxid.)
 
 Inputs
@@ -65,511 +65,31 @@ Left out: children lists and child watches.
 
 from __future__ import annotations
 
-import bisect
-import enum
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from coord.errors import BadVersionError, NodeExistsError, NoNodeError, SessionExpiredError
-from coord.linearizability import Call, Kind, Outcome
-from coord.protocol import parent_of
-from coord.tree import DataTree
-from coord.txn import (
-    CheckTxn,
-    CloseSessionTxn,
-    CreateSessionTxn,
-    CreateTxn,
-    DeleteTxn,
-    ErrorTxn,
-    MultiTxn,
-    SetDataTxn,
-    Txn,
-    decode_txn,
+from coord.testing.linearizability import Outcome
+from coord.testing.logs import MergedLog, NodeState, Replay, ServerLog, Violation, merge_logs
+from coord.testing.operations import (
+    EVENT_CREATED,
+    EVENT_DATA_CHANGED,
+    EVENT_DELETED,
+    HistoryRecorder,
+    Operation,
+    OpKind,
+    WatchRecord,
+    linearizability_calls,
 )
-from coord.zxid import counter_of, log_follows
+from coord.txn import CloseSessionTxn, CreateSessionTxn, CreateTxn, DeleteTxn, ErrorTxn, SetDataTxn, Txn
 from coord.zxid import log_follows as zxid_follows  # its old name here, in __all__
 
 NO_NODE: Final = NoNodeError.code
 NODE_EXISTS: Final = NodeExistsError.code
 BAD_VERSION: Final = BadVersionError.code
 SESSION_EXPIRED: Final = SessionExpiredError.code
-
-
-class OpKind(enum.Enum):
-    CREATE = "create"
-    SET = "set"
-    DELETE = "delete"
-    GET = "get"
-    """A plain read: sequentially consistent (it may be served by a lagging follower)."""
-    SYNC_GET = "sync+get"
-    """``sync`` then a read on the same session: linearizable (docs/correctness.md, rule 8)."""
-
-    @property
-    def is_write(self) -> bool:
-        return self in (OpKind.CREATE, OpKind.SET, OpKind.DELETE)
-
-
-@dataclass(slots=True, kw_only=True)
-class Operation:
-    """One operation as its client saw it.
-
-    Attributes:
-        op_id: unique in the history.
-        process: the worker that ran it (one client, one operation in flight).
-        session_id: the session it was sent on.
-        kind, path: what was asked.
-        value: the value written (create, set); unique across the history.
-        version: the expected version of a set or delete (-1: any).
-        ephemeral: a create of an ephemeral node.
-        invoke_time: when it was invoked (for a sync + read: when the sync was).
-        zxid_before: the session's ``last_zxid`` when it was invoked.
-        complete_time: when its answer came (None: no answer).
-        outcome: ok, failed (an error answer), or unknown.
-        error: the error code (failed, and unknown when an exception said why).
-        zxid: the zxid the reply carried (None without a reply).
-        read: what an ok read returned: ``(value, version, mzxid)``.
-        stat: what an ok create or set returned: ``(version, czxid, mzxid)``.
-        server: the server that answered (for reports).
-    """
-
-    op_id: int
-    process: int
-    session_id: int
-    kind: OpKind
-    path: str
-    invoke_time: float
-    zxid_before: int = 0
-    value: bytes | None = None
-    version: int = -1
-    ephemeral: bool = False
-    complete_time: float | None = None
-    outcome: Outcome = Outcome.UNKNOWN
-    error: int = 0
-    zxid: int | None = None
-    read: tuple[bytes, int, int] | None = None
-    stat: tuple[int, int, int] | None = None
-    server: str = ""
-    seq: int | None = None
-    """Where its reply arrived among its session's frames (for watch ordering; None: not known)."""
-
-    def describe(self) -> str:
-        """One line for reports."""
-        args = [self.path]
-        if self.value is not None:
-            args.append(repr(self.value))
-        if self.version != -1:
-            args.append(f"version={self.version}")
-        if self.ephemeral:
-            args.append("ephemeral")
-        if self.outcome is Outcome.OK:
-            result = "ok" + (f" {self.read!r}" if self.read is not None else "")
-            if self.stat is not None:
-                result += f" v{self.stat[0]}"
-        elif self.outcome is Outcome.FAILED:
-            result = f"error {self.error}"
-        else:
-            result = "unknown" + (f" ({self.error})" if self.error else "")
-        zxid = "-" if self.zxid is None else f"{self.zxid:#x}"
-        end = "-" if self.complete_time is None else f"{self.complete_time:.3f}"
-        return (
-            f"#{self.op_id} p{self.process} s{self.session_id:#x} {self.kind.value}({', '.join(args)}) -> {result}"
-            f" @zxid {zxid} (seen {self.zxid_before:#x}) [{self.invoke_time:.3f}, {end}]"
-            + (f" from {self.server}" if self.server else "")
-        )
-
-
-class HistoryRecorder:
-    """Builds a history: ``op = invoke(...)``, then exactly one of ``ok``, ``failed``, ``unknown``."""
-
-    def __init__(self) -> None:
-        self.operations: list[Operation] = []
-
-    def invoke(
-        self,
-        *,
-        process: int,
-        session_id: int,
-        kind: OpKind,
-        path: str,
-        time: float,
-        zxid_before: int = 0,
-        value: bytes | None = None,
-        version: int = -1,
-        ephemeral: bool = False,
-    ) -> Operation:
-        operation = Operation(
-            op_id=len(self.operations),
-            process=process,
-            session_id=session_id,
-            kind=kind,
-            path=path,
-            invoke_time=time,
-            zxid_before=zxid_before,
-            value=value,
-            version=version,
-            ephemeral=ephemeral,
-        )
-        self.operations.append(operation)
-        return operation
-
-    def ok(
-        self,
-        operation: Operation,
-        *,
-        time: float,
-        zxid: int,
-        read: tuple[bytes, int, int] | None = None,
-        stat: tuple[int, int, int] | None = None,
-    ) -> None:
-        operation.outcome = Outcome.OK
-        operation.complete_time = time
-        operation.zxid = zxid
-        operation.read = read
-        operation.stat = stat
-
-    def failed(self, operation: Operation, *, time: float, zxid: int, error: int) -> None:
-        operation.outcome = Outcome.FAILED
-        operation.complete_time = time
-        operation.zxid = zxid
-        operation.error = error
-
-    def unknown(self, operation: Operation, *, error: int = 0) -> None:
-        """No usable answer: it may or may not have happened.
-
-        Any zxid that came with the answer is left out on purpose: an operation failed
-        by the server going offline (ConnectionLoss) is answered at the server's last
-        applied zxid, which belongs to some other txn.
-        """
-        operation.outcome = Outcome.UNKNOWN
-        operation.error = error
-        operation.zxid = None
-
-    def counts(self) -> dict[str, int]:
-        """Operations by outcome (for reports)."""
-        counts = Counter(operation.outcome.value for operation in self.operations)
-        return {"total": len(self.operations), **counts}
-
-
-@dataclass(slots=True, kw_only=True)
-class WatchRecord:
-    """One one-shot watch as its client saw it.
-
-    Attributes:
-        watch_id: unique in the run.
-        process, session_id: who registered it.
-        kind: ``"data"`` (a get, or an exists that found the node) or ``"exist"`` (an
-            exists that found no node).
-        path: the watched node.
-        zxid: the zxid the registering read's reply carried.
-        seq: where that reply arrived among its session's frames (None: not known).
-        events: ``(event type, path, zxid, seq)`` of every time it fired, ``seq`` where
-            the event arrived among the session's frames (None: not known).
-        ended: the session was lost or closed (or the run ended) before it fired.
-        reconnected: the client reconnected between the registration and the firing
-            (or the end).
-    """
-
-    watch_id: int
-    process: int
-    session_id: int
-    kind: str
-    path: str
-    zxid: int
-    seq: int | None = None
-    events: list[tuple[int, str, int, int | None]] = field(default_factory=list)
-    ended: bool = False
-    reconnected: bool = False
-
-    def describe(self) -> str:
-        fired = ", ".join(f"{kind}@{zxid:#x}" for kind, _path, zxid, _seq in self.events) or "never"
-        extra = (" (session ended)" if self.ended else "") + (" (reconnected)" if self.reconnected else "")
-        return (
-            f"watch #{self.watch_id} p{self.process} s{self.session_id:#x} {self.kind} {self.path} "
-            f"@zxid {self.zxid:#x}: fired {fired}{extra}"
-        )
-
-
-EVENT_CREATED: Final = 1
-EVENT_DELETED: Final = 2
-EVENT_DATA_CHANGED: Final = 3
-
-
-def linearizability_calls(operations: Iterable[Operation]) -> list[Call]:
-    """The part of a history the black-box checker takes: writes and synced reads of
-    persistent nodes (plain reads are not linearizable by contract; ephemerals are
-    deleted by session closes no operation records)."""
-    calls = []
-    for op in operations:
-        if op.ephemeral or op.kind is OpKind.GET:
-            continue
-        kind = {OpKind.CREATE: Kind.CREATE, OpKind.SET: Kind.SET, OpKind.DELETE: Kind.DELETE}.get(op.kind, Kind.GET)
-        calls.append(
-            Call(
-                op_id=op.op_id,
-                key=op.path,
-                kind=kind,
-                invoke=op.invoke_time,
-                complete=op.complete_time if op.outcome is not Outcome.UNKNOWN else None,
-                outcome=op.outcome,
-                value=op.value,
-                version=op.version,
-                error=op.error if op.outcome is Outcome.FAILED else 0,
-                read=None if op.read is None else op.read[:2],
-                new_version=None if op.stat is None or op.kind is not OpKind.SET else op.stat[0],
-                process=op.process,
-            )
-        )
-    return calls
-
-
-# --- logs -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ServerLog:
-    """One server's durable state, read back after the run.
-
-    Attributes:
-        server_id: whose.
-        entries: ``(zxid, encoded txn)`` in zxid order.
-        base_zxid: the log continues from this zxid (entries up to it were purged; 0:
-            it holds everything from the start).
-        snapshots: snapshot zxid -> the tree it holds (those that could be read).
-    """
-
-    server_id: int
-    entries: Sequence[tuple[int, bytes]]
-    base_zxid: int = 0
-    snapshots: Mapping[int, DataTree] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Violation:
-    """One thing the history or the logs got wrong."""
-
-    kind: str
-    message: str
-    op_ids: tuple[int, ...] = ()
-    zxid: int | None = None
-
-    def __str__(self) -> str:
-        return f"[{self.kind}] {self.message}"
-
-
-@dataclass(slots=True)
-class MergedLog:
-    """The servers' logs merged: the committed history, from ``base`` at ``base_zxid``."""
-
-    txns: list[Txn]
-    base_zxid: int
-    base: DataTree
-    violations: list[Violation]
-
-    @property
-    def last_zxid(self) -> int:
-        return self.txns[-1].zxid if self.txns else self.base_zxid
-
-
-def merge_logs(logs: Sequence[ServerLog], *, detail: int = 5) -> MergedLog:
-    """Merge the servers' logs into the committed history (check 1 of the module doc).
-
-    The base is the earliest point the union reaches back to without a gap: the empty
-    tree when some server's log was never purged, else the oldest usable snapshot.
-    """
-    violations: list[Violation] = []
-    union: dict[int, bytes] = {}
-    holder: dict[int, int] = {}
-    for server in logs:
-        for zxid, data in server.entries:
-            known = union.get(zxid)
-            if known is None:
-                union[zxid] = bytes(data)
-                holder[zxid] = server.server_id
-            elif known != data:
-                violations.append(
-                    Violation(
-                        "divergent-log",
-                        f"zxid {zxid:#x} differs between servers {holder[zxid]} and {server.server_id}",
-                        zxid=zxid,
-                    )
-                )
-    for index, first in enumerate(logs):
-        for second in logs[index + 1 :]:
-            if not first.entries or not second.entries:
-                continue
-            low = max(first.entries[0][0], second.entries[0][0])
-            high = min(first.entries[-1][0], second.entries[-1][0])
-            ours = {zxid for zxid, _ in first.entries if low <= zxid <= high}
-            theirs = {zxid for zxid, _ in second.entries if low <= zxid <= high}
-            if ours != theirs:
-                only = sorted(ours ^ theirs)
-                violations.append(
-                    Violation(
-                        "divergent-log",
-                        f"servers {first.server_id} and {second.server_id} hold different zxids in "
-                        f"[{low:#x}, {high:#x}]: {', '.join(f'{z:#x}' for z in only[:detail])}"
-                        + (" ..." if len(only) > detail else ""),
-                        zxid=only[0],
-                    )
-                )
-    zxids = sorted(union)
-    candidates: dict[int, DataTree] = {}
-    if any(server.base_zxid == 0 and (not server.entries or _starts_fresh(server.entries[0][0])) for server in logs):
-        candidates[0] = DataTree()
-    for server in logs:
-        for zxid, tree in server.snapshots.items():
-            candidates.setdefault(zxid, tree)
-    base_zxid: int | None = None
-    for candidate in sorted(candidates):
-        if _runs_on(candidate, zxids[bisect.bisect_right(zxids, candidate) :]):
-            base_zxid = candidate
-            break
-    if base_zxid is None:
-        base_zxid = max(candidates, default=0)
-        violations.append(
-            Violation("log-gap", f"the merged logs have a gap after every usable base; using {base_zxid:#x}")
-        )
-    base = candidates.get(base_zxid) or DataTree()
-    txns = [decode_txn(union[zxid]) for zxid in zxids if zxid > base_zxid]
-    return MergedLog(txns=txns, base_zxid=base_zxid, base=base, violations=violations)
-
-
-def _runs_on(base: int, zxids: Sequence[int]) -> bool:
-    """Whether ``zxids`` continue ``base`` without a gap."""
-    previous = base
-    for zxid in zxids:
-        if not log_follows(previous, zxid):
-            return False
-        previous = zxid
-    return True
-
-
-def _starts_fresh(first_zxid: int) -> bool:
-    return counter_of(first_zxid) == 1
-
-
-# --- the reference model ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class NodeState:
-    """A znode as far as the checks care."""
-
-    data: bytes
-    version: int
-    czxid: int
-    mzxid: int
-    ephemeral_owner: int = 0
-
-
-class Replay:
-    """Every znode's state along the committed log, queryable at any zxid.
-
-    A reference model written independently of :class:`coord.tree.DataTree` (it only
-    reads the base snapshot's nodes), so a bug there does not hide itself here.
-    Impossible txns (create of an existing node, set or delete of a missing one) are
-    recorded in ``violations``.
-    """
-
-    def __init__(self, base: DataTree, base_zxid: int, txns: Sequence[Txn]) -> None:
-        self.base_zxid = base_zxid
-        self.violations: list[Violation] = []
-        self.current: dict[str, NodeState] = {
-            path: NodeState(node.data, node.version, node.czxid, node.mzxid, node.ephemeral_owner)
-            for path, node in base.nodes.items()
-        }
-        self.sessions: set[int] = set(base.sessions)
-        self._owned: dict[int, set[str]] = defaultdict(set)
-        for path, node in self.current.items():
-            if node.ephemeral_owner:
-                self._owned[node.ephemeral_owner].add(path)
-        self._initial: dict[str, NodeState | None] = {}  # path -> its state in the base
-        self._zxids: dict[str, list[int]] = {}  # path -> the zxids that changed it
-        self._states: dict[str, list[NodeState | None]] = {}  # path -> its state after each
-        self.last_zxid = base_zxid
-        for txn in txns:
-            self.last_zxid = txn.zxid
-            self._apply_body(txn.body, txn)
-
-    def at(self, path: str, zxid: int) -> NodeState | None:
-        """The state of ``path`` once every txn up to ``zxid`` is applied (``zxid`` >= the base)."""
-        zxids = self._zxids.get(path)
-        if not zxids:
-            return self.current.get(path)  # never changed after the base
-        index = bisect.bisect_right(zxids, zxid)
-        return self._states[path][index - 1] if index else self._initial[path]
-
-    def changes(self, path: str) -> list[tuple[int, NodeState | None]]:
-        """Every change of ``path`` after the base, in zxid order."""
-        return list(zip(self._zxids.get(path, []), self._states.get(path, []), strict=True))
-
-    def _apply_body(self, body: object, txn: Txn) -> None:
-        zxid = txn.zxid
-        match body:
-            case CreateTxn():
-                for parent in body.parents:
-                    self._create(parent, b"", 0, zxid)
-                self._create(body.path, body.data, body.ephemeral_owner, zxid)
-            case SetDataTxn():
-                node = self.current.get(body.path)
-                if node is None:
-                    self.violations.append(Violation("bad-log", f"set of missing {body.path} at {zxid:#x}", zxid=zxid))
-                    return
-                self._put(
-                    body.path, NodeState(body.data, node.version + 1, node.czxid, zxid, node.ephemeral_owner), zxid
-                )
-            case DeleteTxn():
-                self._delete(body.path, zxid)
-            case MultiTxn():
-                for op in body.ops:
-                    self._apply_body(op, txn)
-            case CloseSessionTxn():
-                for path in sorted(self._owned.pop(body.session_id, set())):
-                    self._delete(path, zxid)
-                self.sessions.discard(body.session_id)
-            case CreateSessionTxn():
-                self.sessions.add(zxid)
-            case CheckTxn() | ErrorTxn():
-                pass
-
-    def _create(self, path: str, data: bytes, owner: int, zxid: int) -> None:
-        if path in self.current:
-            self.violations.append(Violation("bad-log", f"create of existing {path} at {zxid:#x}", zxid=zxid))
-            return
-        if parent_of(path) not in self.current and path != "/":
-            self.violations.append(Violation("bad-log", f"create of {path} without parent at {zxid:#x}", zxid=zxid))
-        if owner:
-            self._owned[owner].add(path)
-        self._put(path, NodeState(data, 0, zxid, zxid, owner), zxid)
-
-    def _delete(self, path: str, zxid: int) -> None:
-        node = self.current.get(path)
-        if node is None:
-            self.violations.append(Violation("bad-log", f"delete of missing {path} at {zxid:#x}", zxid=zxid))
-            return
-        if node.ephemeral_owner:
-            self._owned[node.ephemeral_owner].discard(path)
-        self._put(path, None, zxid)
-
-    def _put(self, path: str, state: NodeState | None, zxid: int) -> None:
-        if path not in self._initial:
-            self._initial[path] = self.current.get(path)
-        if state is None:
-            self.current.pop(path, None)
-        else:
-            self.current[path] = state
-        zxids = self._zxids.setdefault(path, [])
-        states = self._states.setdefault(path, [])
-        if zxids and zxids[-1] == zxid:  # two changes in one multi: the later one stands
-            states[-1] = state
-        else:
-            zxids.append(zxid)
-            states.append(state)
-
-
-# --- the checks ---------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -691,15 +211,19 @@ def check_history(
             used.add(claimant.op_id)
             continue
         if isinstance(body, CreateTxn | SetDataTxn):
-            op = by_value.get(body.data)
-            if op is None or op.kind.value != ("create" if isinstance(body, CreateTxn) else "set"):
+            writer = by_value.get(body.data)
+            if writer is None or writer.kind.value != ("create" if isinstance(body, CreateTxn) else "set"):
                 add(Violation("invented", f"{type(body).__name__} of {body.path} that no client sent", (), txn.zxid))
-            elif op.op_id in used or op.outcome is not Outcome.UNKNOWN:
-                add(Violation("duplicated", f"{body.path}: {body.data!r} applied again", (op.op_id,), txn.zxid))
-            elif op.session_id != txn.session_id or op.path != body.path:
-                add(Violation("invented", f"{body.path} written by the wrong session or path", (op.op_id,), txn.zxid))
+            elif writer.op_id in used or writer.outcome is not Outcome.UNKNOWN:
+                add(Violation("duplicated", f"{body.path}: {body.data!r} applied again", (writer.op_id,), txn.zxid))
+            elif writer.session_id != txn.session_id or writer.path != body.path:
+                add(
+                    Violation(
+                        "invented", f"{body.path} written by the wrong session or path", (writer.op_id,), txn.zxid
+                    )
+                )
             else:
-                used.add(op.op_id)
+                used.add(writer.op_id)
                 stats["unknown writes applied"] += 1
             continue
         if txn.session_id == 0:
@@ -712,15 +236,15 @@ def check_history(
             if isinstance(body, DeleteTxn)
             else unknown_writes[txn.session_id]
         )
-        op = next((candidate for candidate in pool if candidate.op_id not in used), None)
-        if op is None:
+        writer = next((candidate for candidate in pool if candidate.op_id not in used), None)
+        if writer is None:
             add(
                 Violation(
                     "invented", f"{type(body).__name__} from session {txn.session_id:#x} unaccounted", (), txn.zxid
                 )
             )
         else:
-            used.add(op.op_id)
+            used.add(writer.op_id)
             stats["unknown writes applied"] += 1
 
     # --- 4. reads equal the replayed state at their zxid --------------------------------
@@ -914,6 +438,14 @@ def check_watches(
     return violations
 
 
+_WRITE_TXNS: Final[dict[OpKind, type[CreateTxn | SetDataTxn | DeleteTxn]]] = {
+    OpKind.CREATE: CreateTxn,
+    OpKind.SET: SetDataTxn,
+    OpKind.DELETE: DeleteTxn,
+}
+"""The txn body an acknowledged write of each kind must have made."""
+
+
 def _txn_problem(op: Operation, txn: Txn, replay: Replay) -> str:
     """What is wrong with ``txn`` as the txn of the answered write ``op`` ('' if nothing)."""
     body = txn.body
@@ -926,8 +458,10 @@ def _txn_problem(op: Operation, txn: Txn, replay: Replay) -> str:
         if not _error_justified(op, before):
             return f"error {op.error} answered while {op.path} was {before!r}"
         return ""
-    expected: type = {OpKind.CREATE: CreateTxn, OpKind.SET: SetDataTxn, OpKind.DELETE: DeleteTxn}[op.kind]
-    if not isinstance(body, expected) or body.path != op.path:
+    expected = _WRITE_TXNS[op.kind]
+    if not (
+        isinstance(body, CreateTxn | SetDataTxn | DeleteTxn) and isinstance(body, expected) and body.path == op.path
+    ):
         return f"{op.kind.value} of {op.path} answered ok, but the txn at {txn.zxid:#x} is {body!r:.120}"
     if isinstance(body, CreateTxn | SetDataTxn) and body.data != op.value:
         return f"the txn at {txn.zxid:#x} wrote {body.data!r}, not {op.value!r}"

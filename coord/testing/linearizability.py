@@ -7,7 +7,7 @@ What it checks
     completion such that, run one at a time in that order, the operations give exactly
     the results the clients saw. This module decides that for a history of single-key
     znode operations, trusting nothing the servers say about order (no zxids): it is the
-    independent cross-check of :mod:`coord.history`, which uses the servers' own logs.
+    independent cross-check of :mod:`coord.testing.history`, which uses the servers' own logs.
 
 The model: a register with a version (one per key)
     The state of a key is ``None`` (no node) or ``(value, version)``.
@@ -186,7 +186,7 @@ def step(state: State, call: Call) -> State | _Invalid:
         return state
     if outcome is Outcome.OK:
         after = _effect(state, call)
-        if after is state or after is INVALID:  # the operation could not have succeeded here
+        if after is state or isinstance(after, _Invalid):  # the operation could not have succeeded here
             return INVALID
         if kind is Kind.SET and call.new_version is not None and (after is None or after[1] != call.new_version):
             return INVALID
@@ -334,9 +334,9 @@ def check_key(
     entries.sort(key=lambda entry: (entry.time, not entry.is_call, entry.index))
     head = _Entry(None, -1, False, -math.inf)
     previous = head
-    for entry in entries:
-        previous.next, entry.prev = entry, previous
-        previous = entry
+    for node in entries:
+        previous.next, node.prev = node, previous
+        previous = node
 
     state = initial
     linearized = 0  # bit i: kept[i] is linearized
@@ -344,7 +344,7 @@ def check_key(
     stack: list[tuple[_Entry, State]] = []
     best: tuple[list[int], State] = ([], initial)
     steps = 0
-    entry = head.next
+    entry: _Entry | None = head.next
     while head.next is not None:
         steps += 1
         if steps % _CLOCK_EVERY == 0 and clock() > deadline:

@@ -50,81 +50,30 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import math
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import trio
 
 import client
-from client._connection import parse_hosts
+from coord.cli.args import EXIT_USAGE, UsageError, positive_seconds, seconds, server_list
 from recipes import LeaderElection, Lock, LockLostError, LockTimeoutError
 
-DEFAULT_SERVERS = "127.0.0.1:2281"
 ELECTIONS_PATH = "/elections"
 
 EXIT_UNAVAILABLE = 69
 EXIT_NOT_ACQUIRED = 75
 EXIT_LOST = 76
-EXIT_USAGE = 2
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
 COMMANDS = ("lock", "elect")
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1
-
-
-class UsageError(Exception):
-    """Bad usage that the argument parser cannot see (exit status 2); the message says what."""
-
-
-def seconds(text: str) -> float:
-    """An argparse type: a finite number of seconds, 0 or more."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, 0 or more, got {text!r}")
-    return value
-
-
-def positive_seconds(text: str) -> float:
-    """An argparse type: a finite, positive number of seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds, got {text!r}")
-    return value
-
-
-def server_list(args: argparse.Namespace) -> str:
-    """The server list: ``--server``, else ``$COORD_SERVERS`` (if set and not empty),
-    else the default; every entry must be ``HOST:PORT``.
-
-    Raises:
-        UsageError: the list is empty, has an empty entry, or an entry without a port or
-            with a port out of range; the message names where the list came from.
-    """
-    if args.server is not None:
-        source, text = "--server", str(args.server)
-    elif os.environ.get("COORD_SERVERS"):
-        source, text = "$COORD_SERVERS", os.environ["COORD_SERVERS"]
-    else:
-        return DEFAULT_SERVERS
-    try:
-        parse_hosts(text, default_port=None)
-    except client.BadArgumentsError as error:
-        raise UsageError(f"{source}: {error}") from None
-    return text
 
 
 def add_subcommands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -228,7 +177,9 @@ async def _main(args: argparse.Namespace, command: list[str]) -> int:
     return status
 
 
-async def _forward_signals(signals: Any, child: _Child, main_scope: trio.CancelScope, interrupted: list[int]) -> None:
+async def _forward_signals(
+    signals: AsyncIterator[int], child: _Child, main_scope: trio.CancelScope, interrupted: list[int]
+) -> None:
     async for signum in signals:
         if child.forward(signum):
             continue
@@ -378,6 +329,7 @@ __all__ = [
     "EXIT_NOT_ACQUIRED",
     "EXIT_NOT_FOUND",
     "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
     "UsageError",
     "add_subcommands",
     "positive_seconds",
