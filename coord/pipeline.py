@@ -388,21 +388,27 @@ class Pipeline:
         self._unsent_total -= size
         conn.over_since_ms = None if conn.unsent <= self.config.connection_outbox_bytes_max else self._now_ms
         self._flush(conn)
-        if self._held and self._unsent_total < self.config.outbox_bytes_total_max:
-            held, self._held = self._held, set()
-            for held_id in held:
-                other = self._conns.get(held_id)
-                if other is not None:
-                    self._flush(other)
+        if self._unsent_total < self.config.outbox_bytes_total_max:
+            self._release_held()
         self._maybe_resume(conn)
+
+    def _release_held(self) -> None:
+        """Serve the reads held for the server's total bound, as far as it now allows."""
+        held, self._held = self._held, set()
+        for held_id in held:
+            other = self._conns.get(held_id)
+            if other is not None:
+                self._flush(other)
 
     def _may_serve(self, conn: _Connection) -> bool:
         """Whether a read may add to this connection's unsent bytes now."""
         if conn.unsent >= self.config.connection_outbox_bytes_max:
             return False
-        if self._unsent_total >= self.config.outbox_bytes_total_max and conn.unsent >= SHED_BYTES:
+        total, total_max = self._unsent_total, self.config.outbox_bytes_total_max
+        if total >= total_max and (conn.unsent >= SHED_BYTES or total >= 2 * total_max):
             # Over the server's bound, connections that drain (little unsent) are still
-            # served; those that hold more wait, and the tick sheds the largest.
+            # served, up to twice the bound; those that hold more wait, and the tick sheds
+            # the largest until the total is under the bound again.
             self._held.add(conn.conn_id)
             return False
         return True
@@ -917,6 +923,7 @@ class Pipeline:
                 if self._unsent_total <= total_max:
                     break
                 self._abort(conn, f"{conn.unsent} reply bytes unsent while the server holds {self._unsent_total}")
+            self._release_held()
         if self.mode is Mode.FOLLOWER:
             touched = self.take_touches()
             if touched:

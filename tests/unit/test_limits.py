@@ -363,3 +363,23 @@ def test_a_reply_over_the_frame_limit_is_a_typed_error_not_a_cut_connection() ->
     assert reply[0] == 100 and reply[2] == MarshallingError.code
     assert "over the frame limit" in reply[3]
     assert shell.aborted == []
+
+
+def test_at_twice_the_total_every_read_waits_for_the_tick() -> None:
+    """The hard bound: readers that drain are served over the bound only up to twice it;
+    the tick sheds the largest backlogs and then serves the reads that waited."""
+    shell = Shell(connection_outbox_bytes_max=1 << 20, outbox_bytes_total_max=100_000)
+    for conn_id in range(1, 6):
+        shell.connect(conn_id)
+        shell.send_all(conn_id)
+    shell.request(1, 1, CreateRequest(path="/big", data=b"x" * 70_000))
+    shell.send_all(1)
+    for conn_id in range(1, 6):  # none drains
+        shell.request(conn_id, 2, GetDataRequest(path="/big"))
+    served = [conn_id for conn_id in range(1, 6) if any(r[0] == 2 for r in shell.replies(conn_id))]
+    assert served == [1, 2, 3]  # 210 KB >= 2 x 100 KB: the others wait
+    shell.pipeline.tick(shell.now_ms)
+    shell.run()
+    assert len(shell.aborted) == 2  # the tick shed backlogs down to the bound...
+    assert all(any(r[0] == 2 for r in shell.replies(c)) for c in (4, 5))  # ...then served the waiting
+    assert shell.pipeline.status()["unsent_bytes"] < 2 * 100_000 + 71_000
