@@ -24,10 +24,12 @@ class Served:
         self.address = address
 
 
-async def start_serve(nursery: trio.Nursery, *args: str) -> Served:
+async def start_serve(nursery: trio.Nursery, *args: str, listen: str | None = "127.0.0.1:0") -> Served:
+    """``coord serve ARGS`` (on ``listen`` unless None) in ``nursery``, once it printed its banner."""
+    listen_args = ["--listen", listen] if listen is not None else []
     process: trio.Process = await nursery.start(
         lambda task_status: trio.run_process(
-            [*COORD, "serve", "--listen", "127.0.0.1:0", *args],
+            [*COORD, "serve", *listen_args, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             check=False,

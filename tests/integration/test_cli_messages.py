@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from .test_cli import start_serve
+
 COORD = [sys.executable, "-m", "coord.cli"]
 EXIT_USAGE = 2
 
@@ -110,26 +112,8 @@ def _make_writable(path: Path) -> None:
 
 async def _start_and_stop(data_dir: Path) -> None:
     """Run ``coord serve`` once so that ``data_dir`` holds a log and snapshots."""
-    async with trio.open_nursery() as nursery:
-        process: trio.Process = await nursery.start(
-            lambda task_status: trio.run_process(
-                [*COORD, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                check=False,
-                task_status=task_status,
-            )
-        )
-        assert process.stdout is not None
-        banner = b""
-        with trio.fail_after(20):
-            while b"\n" not in banner:
-                chunk = await process.stdout.receive_some(4096)
-                assert chunk, "coord serve exited before listening"
-                banner += chunk
-        process.send_signal(signal.SIGTERM)
-        with trio.fail_after(20):
-            assert await process.wait() == 0
+    async with serving("--listen", "127.0.0.1:0", "--data-dir", str(data_dir)):
+        pass
 
 
 @pytest.mark.parametrize("layout", ["inside-a-read-only-directory", "used-then-made-read-only"])
@@ -188,22 +172,7 @@ async def test_serve_names_the_peer_address_already_in_use(tmp_path: Path) -> No
 async def serving(*args: str) -> AsyncIterator[trio.Process]:
     """``coord serve ARGS`` running until the block ends (it printed its banner)."""
     async with trio.open_nursery() as nursery:
-        process: trio.Process = await nursery.start(
-            lambda task_status: trio.run_process(
-                [*COORD, "serve", *args],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                check=False,
-                task_status=task_status,
-            )
-        )
-        assert process.stdout is not None
-        banner = b""
-        with trio.fail_after(20):
-            while b"\n" not in banner:
-                chunk = await process.stdout.receive_some(4096)
-                assert chunk, "coord serve exited before listening"
-                banner += chunk
+        process = (await start_serve(nursery, *args, listen=None)).process
         try:
             yield process
         finally:
