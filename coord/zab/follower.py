@@ -118,6 +118,12 @@ class Follower:
         """The connection from the leader closed: give up now rather than after sync_limit."""
         self._abandon(f"the connection from leader {self.leader} closed")
 
+    def leader_looking(self) -> None:
+        """Our leader says it is LOOKING (it gave up leading): give up now rather than
+        after the sync limit (as a ZooKeeper follower does when its leader closes the
+        connection on shutting down)."""
+        self._abandon(f"leader {self.leader} is looking for a leader")
+
     def _abandon(self, reason: str) -> None:
         if self.abandon_reason is None:
             self.abandon_reason = reason

@@ -350,8 +350,18 @@ class Peer:
             case Election() as election:
                 election.receive(source, notification)
                 self._drain_election(election)
-            case Leader() | Follower():
+            case Leader() | Follower() as role:
                 if notification.state is Role.LOOKING:
+                    # (a notification from before the epoch we follow was established is
+                    # stale: its proposed leader's epoch is older)
+                    if (
+                        isinstance(role, Follower)
+                        and source == role.leader
+                        and role.epoch is not None
+                        and notification.epoch >= role.epoch
+                    ):
+                        role.leader_looking()  # settled by step()'s _settle: this server looks too
+                        return
                     self._ctx.send(source, self._settled_notification())
             case _:
                 assert_never(self._state)
