@@ -27,6 +27,7 @@ import client
 from bench._process import free_loopback_port, is_listening, stop_process
 from coord import protocol
 from coord.protocol import GetDataRequest
+from coord.status import request_status
 
 
 def rss_mib(pid: int) -> float:
@@ -64,7 +65,7 @@ async def measure(args: argparse.Namespace, pid: int, port: int) -> dict[str, fl
             while trio.current_time() < deadline:
                 await trio.sleep(0.25)  # sampling interval of the measurement
                 peak = max(peak, rss_mib(pid))
-                status = await client_status(connect)
+                status = await request_status(address)
                 unsent = max(unsent, int(status.get("unsent_bytes", 0)))
             # one well-behaved request still gets its answer
             started = time.perf_counter()
@@ -81,22 +82,6 @@ async def measure(args: argparse.Namespace, pid: int, port: int) -> dict[str, fl
         "unsent_peak_mib": unsent / (1 << 20),
         "good_get_s": served_s,
     }
-
-
-async def client_status(connect: str) -> dict[str, object]:
-    host, port = connect.rsplit(":", 1)
-    stream = await trio.open_tcp_stream(host, int(port))
-    async with stream:
-        await stream.send_all(protocol.encode_frame({"type": "status"}))
-        reader = protocol.FrameReader(protocol.frame_bytes_max())
-        while True:
-            for body in reader:
-                item = protocol.decode_body(body)
-                return item if isinstance(item, dict) else {}
-            data = await stream.receive_some(65536)
-            if not data:
-                return {}
-            reader.feed(data)
 
 
 def main() -> None:
