@@ -20,17 +20,11 @@ link delivers in order while it is up.
 checked against ``frame_bytes_max`` before anything of the body is buffered; an
 oversized frame closes the connection with a logged reason.
 
-*Handshake, both ways, identity fails closed.* The dialer's first frame is a CBOR map
-``{"coord_peer": 1, "server_id": N, "ensemble_id": DIGEST}``. The accepting side
-refuses (logs why, closes) an id that is not in its ``peers``, its own id, another
-ensemble's digest, a different protocol version, or any other shape; it never uses
-the remote address for identity. Otherwise it answers with the same map for itself,
-and the dialer checks that the answer names the server it meant to dial (a wrong
-address in someone's configuration is refused, not silently used) and the same
-ensemble. Only then is the link up. The handshake frame is limited to
-``HANDSHAKE_BYTES_MAX`` and ``HANDSHAKE_TIMEOUT_S``, so a stranger costs little. There
-is no shared secret (yet): the handshake catches misconfiguration, not an attacker
-on the network.
+*Handshake, both ways, identity fails closed* (:mod:`coord.peer_handshake`). The dialer
+says who it is; the accepting side refuses (logs why, closes) anything but another
+server of its own ensemble, else answers who it is; the dialer checks that the answer
+names the server it meant to dial. Only then is the link up. Identity never comes from
+the remote address. Connecting plus the handshake is bounded by ``HANDSHAKE_TIMEOUT_S``.
 
 *Drop, never block.* :meth:`PeerTransport.send` is synchronous and never waits. The
 ZAB core is driven by one task; if sending to a slow or stuck follower could block
@@ -62,20 +56,12 @@ closes it (and refuses any data sent its way).
 sends everything queued with one ``send_all``: under load many frames share one
 system call.
 
-*Fault hooks.* :meth:`PeerTransport.isolate` closes every link and drops everything
-sent or received until :meth:`PeerTransport.heal`, which lets the links come back.
+*A gate, for fault hooks.* A :class:`LinkGate` given as ``gate`` may close: every link
+closes at once and stays down, and everything sent or received is dropped, until it
+opens again. The server gives none (links are always allowed); the test ensemble's
+fault hooks give one to cut a server off from its peers (:mod:`coord.testing.faults`).
 
-Ephemeral ports for tests: every server must know every other's address before any
-of them starts, so bind the listeners first with :func:`bind_peer_listeners`, build
-``peers`` from their addresses, and hand each listener to its transport's
-:meth:`PeerTransport.serve` (``listener=``)::
-
-    listeners = await bind_peer_listeners(3)
-    peers = {server_id: listener_address(listener) for server_id, listener in listeners.items()}
-    transports = {server_id: PeerTransport(server_id=server_id, peers=peers, ensemble_id=digest)
-                  for server_id in peers}
-    for server_id, transport in transports.items():
-        await nursery.start(partial(transport.serve, listener=listeners[server_id]))
+Ephemeral ports for tests: bind the listeners first (:mod:`coord.peer_listeners`).
 """
 
 from __future__ import annotations
@@ -84,32 +70,52 @@ import logging
 import random
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any, Final
+from typing import Final, Protocol
 
 import trio
 
 from coord.config import Address
 from coord.config import format_address as _name
-from coord.protocol import HEADER, FrameReader, ProtocolError, decode_body, encode_frame
+from coord.peer_handshake import PEER_PROTOCOL_VERSION as PEER_PROTOCOL_VERSION
+from coord.peer_handshake import HandshakeRefusedError, check_answer, check_hello, encode_hello, read_hello
+from coord.peer_listeners import bind_peer_listeners as bind_peer_listeners
+from coord.peer_listeners import listener_address as listener_address
+from coord.protocol import HEADER, FrameReader, ProtocolError
 
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[int, bytes], None]
 
-PEER_PROTOCOL_VERSION: Final = 1
 BACKOFF_MIN_S: Final = 0.02
 BACKOFF_MAX_S: Final = 1.0
 STABLE_LINK_S: Final = 1.0
 """A link that stayed up this long reconnects at the minimum backoff after it breaks."""
 HANDSHAKE_TIMEOUT_S: Final = 5.0
 """Connecting plus the handshake, on either side."""
-HANDSHAKE_BYTES_MAX: Final = 1024
 RECEIVE_BYTES: Final = 256 * 1024
 FRAME_BYTES_MAX_DEFAULT: Final = 64 << 20
 QUEUE_FRAMES_MAX_DEFAULT: Final = 10_000
 QUEUE_BYTES_MAX_DEFAULT: Final = 256 << 20
 
-_HELLO_KEYS: Final = frozenset({"coord_peer", "server_id", "ensemble_id"})
+
+class LinkGate(Protocol):
+    """Whether a transport may have any peer links at all: a switch it obeys, set from outside.
+
+    The server gives none; the test ensemble's fault hooks give an
+    :class:`coord.testing.faults.IsolationGate`, so the transport has no hooks of its own.
+    """
+
+    @property
+    def is_open(self) -> bool:
+        """Whether links may be up now. While closed, every link stays down and
+        everything sent or received is dropped."""
+
+    async def wait_open(self) -> None:
+        """Return once the gate is open (at once if it is)."""
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Have ``callback`` called, synchronously, every time the gate closes (the
+        transport closes every link then)."""
 
 
 class _LinkBrokenError(Exception):
@@ -162,6 +168,8 @@ class PeerTransport:
             also the capacity of the ``received`` channel.
         queue_bytes_max: bytes queued unsent on one link before the link is broken.
         rng: randomness for the backoff jitter (seed it for reproducible tests).
+        gate: a :class:`LinkGate` that may close every link for a while (fault hooks);
+            None (the default) for links that are always allowed.
 
     Attributes:
         received: ``(source id, data)`` pairs, when no ``on_message`` was given. It
@@ -170,7 +178,7 @@ class PeerTransport:
         address: the bound peer address once :meth:`serve` is listening (before
             that, ``peers[server_id]`` as given).
         frames_dropped: frames given to :meth:`send` or received that were dropped
-            (link down, isolated, queue overflow). Diagnostics only.
+            (link down, the gate closed, queue overflow). Diagnostics only.
     """
 
     def __init__(
@@ -185,6 +193,7 @@ class PeerTransport:
         queue_frames_max: int = QUEUE_FRAMES_MAX_DEFAULT,
         queue_bytes_max: int = QUEUE_BYTES_MAX_DEFAULT,
         rng: random.Random | None = None,
+        gate: LinkGate | None = None,
     ) -> None:
         if server_id not in peers:
             raise ValueError(f"server {server_id} is not in peers {sorted(peers)}")
@@ -201,16 +210,15 @@ class PeerTransport:
         self._queue_frames_max = queue_frames_max
         self._queue_bytes_max = queue_bytes_max
         self._rng = rng if rng is not None else random.Random()
-        self._hello = encode_frame(
-            {"coord_peer": PEER_PROTOCOL_VERSION, "server_id": server_id, "ensemble_id": ensemble_id}
-        )
+        self._hello = encode_hello(server_id, ensemble_id)
         self._links = {
             target: _OutLink(target, address) for target, address in sorted(peers.items()) if target != server_id
         }
         self._incoming: dict[int, trio.CancelScope] = {}  # source -> its current (newest) connection
         self._unidentified: set[trio.CancelScope] = set()  # accepted connections still in their handshake
-        self._is_isolated = False
-        self._healed = trio.Event()
+        self._gate = gate
+        if gate is not None:
+            gate.on_close(self._close_all_links)
         self._is_serving = False
         self._received_in, self.received = trio.open_memory_channel[tuple[int, bytes]](queue_frames_max)
         self._deliver: MessageHandler = on_message if on_message is not None else self._deliver_to_channel
@@ -223,8 +231,8 @@ class PeerTransport:
     def send(self, target: int, data: bytes) -> None:
         """Queue ``data`` for ``target``; never blocks.
 
-        Dropped (silently, counted in ``frames_dropped``) when the link is down or this
-        server is isolated. If the link already has ``queue_frames_max`` frames (or
+        Dropped (silently, counted in ``frames_dropped``) when the link is down or the
+        gate is closed. If the link already has ``queue_frames_max`` frames (or
         ``queue_bytes_max`` bytes) waiting, the link is broken instead: closed, its
         queue dropped, and redialed; the messages after that go on the new connection.
 
@@ -264,17 +272,8 @@ class PeerTransport:
         """The ids of the servers with an established link to this one (diagnostics)."""
         return set(self._incoming)
 
-    @property
-    def is_isolated(self) -> bool:
-        return self._is_isolated
-
-    def isolate(self) -> None:
-        """Cut this server off: close every link; drop all sent and received until :meth:`heal`."""
-        if self._is_isolated:
-            return
-        log.warning("server %d isolated from its peers (fault hook)", self.server_id)
-        self._is_isolated = True
-        self._healed = trio.Event()
+    def _close_all_links(self) -> None:
+        """The gate closed: close every link now; they stay down until it opens."""
         for link in self._links.values():
             self._break(link)
         for scope in [*self._incoming.values(), *self._unidentified]:
@@ -292,14 +291,6 @@ class PeerTransport:
         scope = self._incoming.get(target)
         if scope is not None:
             scope.cancel()
-
-    def heal(self) -> None:
-        """Undo :meth:`isolate`: the links are dialed and accepted again."""
-        if not self._is_isolated:
-            return
-        log.warning("server %d healed (fault hook)", self.server_id)
-        self._is_isolated = False
-        self._healed.set()
 
     # --- serving ---------------------------------------------------------------------------
 
@@ -366,9 +357,10 @@ class PeerTransport:
     async def _serve_link(self, link: _OutLink) -> None:
         """Dial ``link.target``, carry the link while it is up, redial with backoff; forever."""
         backoff = BACKOFF_MIN_S
+        gate = self._gate
         while True:
-            if self._is_isolated:
-                await self._healed.wait()
+            if gate is not None and not gate.is_open:
+                await gate.wait_open()
                 backoff = BACKOFF_MIN_S
                 continue
             link.scope = trio.CancelScope()
@@ -379,7 +371,7 @@ class PeerTransport:
             self._break(link)
             if link.up_since and trio.current_time() - link.up_since >= STABLE_LINK_S:
                 backoff = BACKOFF_MIN_S
-            if self._is_isolated:
+            if gate is not None and not gate.is_open:
                 continue
             await trio.sleep(backoff * self._rng.uniform(0.5, 1.0))
             backoff = min(backoff * 2, BACKOFF_MAX_S)
@@ -397,12 +389,12 @@ class PeerTransport:
                     log.debug("link to server %d: cannot connect to %s: %s", target, _name(link.address), error)
                     return
                 await stream.send_all(self._hello)
-                reply, leftover = await _read_hello(stream)
+                reply, leftover = await read_hello(stream, receive_bytes=RECEIVE_BYTES)
             if timeout.cancelled_caught:
                 log.warning("link to server %d: no handshake answer within %ss", target, HANDSHAKE_TIMEOUT_S)
                 return
             assert stream is not None
-            self._check_answer(target, reply)
+            check_answer(reply, target=target, ensemble_id=self.ensemble_id)
             if leftover:
                 raise _LinkBrokenError("data after the handshake on an outgoing link")
             link.clear()
@@ -415,23 +407,13 @@ class PeerTransport:
                 problem, is_violation = await _wait_closed(stream)
                 log.log(logging.WARNING if is_violation else logging.INFO, "link to server %d: %s", target, problem)
                 nursery.cancel_scope.cancel()
-        except (_LinkBrokenError, ProtocolError) as error:
+        except (_LinkBrokenError, HandshakeRefusedError, ProtocolError) as error:
             log.warning("link to server %d (%s): %s; closing", target, _name(link.address), error)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
             log.info("link to server %d: connection lost (%s)", target, error.__cause__ or error)
         finally:
             if stream is not None:
                 await trio.aclose_forcefully(stream)
-
-    def _check_answer(self, target: int, reply: Any) -> None:
-        """Check the accepting server's handshake answer: the server we dialed, our ensemble."""
-        if reply is None:
-            raise _LinkBrokenError("refused (closed during the handshake; its log says why)")
-        server_id, ensemble_id = _parse_hello(reply)
-        if server_id != target:
-            raise _LinkBrokenError(f"the server at this address is server {server_id}, not {target}")
-        if ensemble_id != self.ensemble_id:
-            raise _LinkBrokenError(f"server {target} belongs to another ensemble ({_short(ensemble_id)})")
 
     @staticmethod
     async def _write(link: _OutLink, stream: trio.SocketStream, scope: trio.CancelScope) -> None:
@@ -458,20 +440,21 @@ class PeerTransport:
         name = _remote_name(stream)
         scope = trio.CancelScope()
         source: int | None = None
+        gate = self._gate
         self._unidentified.add(scope)
         try:
             with scope:
-                if self._is_isolated:
+                if gate is not None and not gate.is_open:
                     return
                 with trio.move_on_after(HANDSHAKE_TIMEOUT_S) as timeout:
-                    hello, leftover = await _read_hello(stream)
+                    hello, leftover = await read_hello(stream, receive_bytes=RECEIVE_BYTES)
                 if timeout.cancelled_caught:
                     log.warning("peer connection from %s: no handshake within %ss; closing", name, HANDSHAKE_TIMEOUT_S)
                     return
                 if hello is None:
                     log.info("peer connection from %s: closed before its handshake", name)
                     return
-                source = self._check_hello(hello, name)
+                source = check_hello(hello, own_id=self.server_id, peers=self._peers, ensemble_id=self.ensemble_id)
                 self._unidentified.discard(scope)
                 previous = self._incoming.get(source)
                 if previous is not None:
@@ -485,7 +468,7 @@ class PeerTransport:
                 reader = FrameReader(self._frame_bytes_max)
                 reader.feed(leftover)
                 await self._read_frames(stream, reader, source, scope)
-        except (_LinkBrokenError, ProtocolError) as error:
+        except (_LinkBrokenError, HandshakeRefusedError, ProtocolError) as error:
             label = f"server {source}" if source is not None else "unidentified peer"
             log.warning("peer connection from %s (%s): %s; closing", name, label, error)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
@@ -495,24 +478,9 @@ class PeerTransport:
             if source is not None and self._incoming.get(source) is scope:
                 del self._incoming[source]
                 log.info("link from server %d down", source)
-                if self._on_link_down is not None and not self._is_isolated:
+                if self._on_link_down is not None and (gate is None or gate.is_open):
                     self._on_link_down(source)
             await trio.aclose_forcefully(stream)
-
-    def _check_hello(self, hello: Any, name: str) -> int:
-        """The dialer's id, if it may link to us (fail closed: anything unexpected refuses)."""
-        server_id, ensemble_id = _parse_hello(hello)
-        if server_id == self.server_id:
-            raise _LinkBrokenError(f"refused: claims to be server {server_id}, which is this server")
-        if server_id not in self._peers:
-            known = ", ".join(str(known_id) for known_id in sorted(self._peers))
-            raise _LinkBrokenError(f"refused: server {server_id} is not in this ensemble ({known})")
-        if ensemble_id != self.ensemble_id:
-            raise _LinkBrokenError(
-                f"refused: server {server_id} has another ensemble configuration "
-                f"({_short(ensemble_id)}, ours {_short(self.ensemble_id)})"
-            )
-        return server_id
 
     async def _read_frames(
         self, stream: trio.SocketStream, reader: FrameReader, source: int, scope: trio.CancelScope
@@ -522,7 +490,7 @@ class PeerTransport:
         while True:
             for body in reader:  # ProtocolError for an oversized frame
                 if incoming.get(source) is not scope:
-                    return  # superseded by a newer connection, or isolated
+                    return  # superseded by a newer connection, or the gate closed
                 try:
                     deliver(source, body)
                 except trio.WouldBlock:
@@ -539,69 +507,6 @@ class PeerTransport:
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-async def bind_peer_listeners(count: int, *, host: str = "127.0.0.1") -> dict[int, trio.SocketListener]:
-    """Bind ``count`` listeners on ephemeral ports, for servers ``1..count`` (tests).
-
-    Every server must know every other's peer address before any starts; binding
-    first lets tests use port 0. Pass each to :meth:`PeerTransport.serve` as
-    ``listener=``, with ``peers`` built by :func:`listener_address`.
-    """
-    listeners: dict[int, trio.SocketListener] = {}
-    try:
-        for server_id in range(1, count + 1):
-            listeners[server_id] = (await trio.open_tcp_listeners(0, host=host))[0]
-    except BaseException:
-        for listener in listeners.values():
-            await trio.aclose_forcefully(listener)
-        raise
-    return listeners
-
-
-def listener_address(listener: trio.SocketListener) -> Address:
-    """The ``(host, port)`` a listener is bound to."""
-    host, port = listener.socket.getsockname()[:2]
-    return host, port
-
-
-def _parse_hello(item: Any) -> tuple[int, bytes]:
-    """``(server_id, ensemble_id)`` from a handshake map, checked strictly."""
-    if not isinstance(item, dict) or set(item) != _HELLO_KEYS:
-        raise ProtocolError("not a peer handshake")
-    version = item["coord_peer"]
-    if type(version) is not int or version != PEER_PROTOCOL_VERSION:
-        raise ProtocolError(f"unsupported peer protocol version {version!r}")
-    server_id = item["server_id"]
-    if type(server_id) is not int:
-        raise ProtocolError(f"server_id must be an integer, got {type(server_id).__name__}")
-    ensemble_id = item["ensemble_id"]
-    if type(ensemble_id) is not bytes:
-        raise ProtocolError(f"ensemble_id must be bytes, got {type(ensemble_id).__name__}")
-    return server_id, ensemble_id
-
-
-async def _read_hello(stream: trio.SocketStream) -> tuple[Any, bytes]:
-    """The handshake item (None at end of stream) and any bytes that came after it.
-
-    Read with its own small limit, so a stranger cannot make us buffer a large frame.
-
-    Raises:
-        ProtocolError: the frame is over ``HANDSHAKE_BYTES_MAX`` or not one CBOR item.
-    """
-    buffer = bytearray()
-    while True:
-        if len(buffer) >= HEADER.size:
-            (length,) = HEADER.unpack_from(buffer)
-            if length > HANDSHAKE_BYTES_MAX:
-                raise ProtocolError(f"handshake frame of {length} bytes is over the limit of {HANDSHAKE_BYTES_MAX}")
-            end = HEADER.size + length
-            if len(buffer) >= end:
-                return decode_body(bytes(buffer[HEADER.size : end])), bytes(buffer[end:])
-        data = await stream.receive_some(RECEIVE_BYTES)
-        if not data:
-            return None, b""
-        buffer += data
 
 
 async def _wait_closed(stream: trio.SocketStream) -> tuple[str, bool]:
@@ -630,15 +535,12 @@ def _remote_name(stream: trio.SocketStream) -> str:
         return "?"
 
 
-def _short(ensemble_id: bytes) -> str:
-    return ensemble_id[:6].hex() or "empty"
-
-
 __all__ = [
     "BACKOFF_MAX_S",
     "BACKOFF_MIN_S",
     "HANDSHAKE_TIMEOUT_S",
     "PEER_PROTOCOL_VERSION",
+    "LinkGate",
     "MessageHandler",
     "PeerTransport",
     "bind_peer_listeners",

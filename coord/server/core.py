@@ -36,7 +36,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from coord.errors import ConnectionLossError, CoordError, StorageFullError
+from coord.errors import ConnectionLossError, CoordError, NotLeaderError, StorageFullError
 from coord.pipeline import Mode, Pipeline
 from coord.protocol import ConnectRequest, ProtocolError, Request
 from coord.transport import FRAME_BYTES_MAX_DEFAULT as PEER_FRAME_BYTES_MAX
@@ -288,12 +288,14 @@ class ServerCore:
         zab = self.zab
         for txn in out.proposals:
             busy = True
-            # The preparer numbers txns; ZAB's next zxid is the same by construction
-            # (both start from the epoch ZAB established and count every proposal).
-            zxid = zab.propose(encode_txn(txn))
-            if zxid != txn.zxid:
-                raise RuntimeError(f"ZAB assigned {zxid:#x}, the preparer {txn.zxid:#x}")
-            self._own_txns[zxid] = txn
+            # The preparer numbered the txn; ZAB refuses a number that does not extend its log.
+            try:
+                zab.propose(encode_txn(txn), zxid=txn.zxid)
+            except NotLeaderError:
+                # The zxid counter ran out: ZAB stepped down, and the role change below
+                # answers every request in flight (this one too) with a connection loss.
+                break
+            self._own_txns[txn.zxid] = txn
         for payload in out.to_leader:
             busy = True
             zab.app_to_leader(payload)
@@ -329,6 +331,8 @@ class ServerCore:
                 busy = self._send_to_peers(zout.send) or busy
             if zout.persist:
                 self._out.persist += zout.persist
+            for target in zout.disconnect:
+                self._out.disconnect.append((target, "the leader dropped this follower; it must sync again"))
             if zout.install is not None:
                 busy = True
                 zxid, data = zout.install
@@ -426,7 +430,7 @@ class ServerCore:
             log.info("server %d: not serving (looking for a leader)", self.server_id)
         elif zab.is_ready:
             if zab.role is Role.LEADING and pipeline.mode is not Mode.LEADER:
-                pipeline.become_leader(zab.next_zxid, self.now_ms)
+                pipeline.become_leader(zab.epoch, self.now_ms)
             elif zab.role is Role.FOLLOWING and pipeline.mode is not Mode.FOLLOWER:
                 pipeline.become_follower(self.now_ms)
             else:

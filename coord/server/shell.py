@@ -9,7 +9,8 @@ when standalone). Tasks:
 
 - per client connection, a reader (frames -> core, while the core wants input) and a
   writer that flushes everything queued for it in one ``send_all`` (replies coalesce
-  under load) and reports the bytes sent back to the core;
+  under load) and reports the bytes sent back to the core (:mod:`coord.server.clients`,
+  a base class of :class:`Server`);
 - the record writer: drains every record the core asked to persist at that moment
   into one LMDB write transaction (group commit, one fsync) in a worker thread, then
   reports ``persisted``: ZAB acknowledges and delivers nothing before that;
@@ -37,13 +38,16 @@ import trio
 from coord import protocol
 from coord.config import ServerConfig
 from coord.durable import LogDurableState, write_records
-from coord.errors import CoordError, StorageError, ThrottledOpError, error_for_code
+from coord.errors import CoordError, StorageError
 from coord.pipeline import Mode, Pipeline, PipelineConfig
-from coord.protocol import ConnectRequest, FrameReader, ProtocolError, StatusRequest
 from coord.recovery import Recovered, recover
+from coord.server.clients import HANDSHAKE_TIMEOUT_S as HANDSHAKE_TIMEOUT_S
+from coord.server.clients import READ_BATCH_FRAMES as READ_BATCH_FRAMES
+from coord.server.clients import RECEIVE_BYTES as RECEIVE_BYTES
+from coord.server.clients import ClientConnection, ClientConnections
 from coord.server.core import CoreOutput, ServerCore
 from coord.storage import TxnLog
-from coord.transport import PeerTransport
+from coord.transport import LinkGate, PeerTransport
 from coord.tree import DataTree
 from coord.zab import Peer, PeerConfig
 from coord.zab.types import Record
@@ -52,10 +56,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-HANDSHAKE_TIMEOUT_S = 10.0
-RECEIVE_BYTES = 256 * 1024
-READ_BATCH_FRAMES = 64
-"""Requests handled from one connection before the others get their turn."""
 OPTIMIZED_REFUSAL = (
     "coord does not run under python -O: its invariant checks are asserts, and -O would drop them silently"
 )
@@ -64,35 +64,16 @@ STANDALONE_TICK_MS = 20
 """The ZAB tick of an ensemble of one (it only paces its own election)."""
 
 
-class _ClientConnection:
-    """The shell's side of one client connection: its socket and outgoing buffer."""
+class Server(ClientConnections):
+    """A running server (standalone or a member of an ensemble). Made by :func:`open_server`.
 
-    __slots__ = ("closing", "conn_id", "outbox", "resume", "scope", "stream", "wakeup")
+    ``peer_gate`` is given to the peer transport (:class:`~coord.transport.LinkGate`):
+    the production server has none; the test ensemble's
+    :class:`~coord.testing.faults.FaultableServer` gives one that can cut the server off
+    from its peers.
+    """
 
-    def __init__(self, conn_id: int, stream: trio.SocketStream) -> None:
-        self.conn_id = conn_id
-        self.stream = stream
-        self.outbox: list[bytes] = []
-        self.wakeup = trio.Event()  # the writer has frames to send (or should close)
-        self.resume = trio.Event()  # the reader may read again (the pipeline said so)
-        self.closing = False
-        self.scope = trio.CancelScope()
-
-    def push(self, frame: bytes) -> None:
-        self.outbox.append(frame)
-        self.wakeup.set()
-
-    def close_soon(self) -> None:
-        """Send what is queued, then close."""
-        self.closing = True
-        self.wakeup.set()
-        self.resume.set()
-
-
-class Server:
-    """A running server (standalone or a member of an ensemble). Made by :func:`open_server`."""
-
-    def __init__(self, config: ServerConfig, recovered: Recovered) -> None:
+    def __init__(self, config: ServerConfig, recovered: Recovered, *, peer_gate: LinkGate | None = None) -> None:
         self.config = config
         self._log = recovered.log
         self._snapshots = recovered.snapshots
@@ -150,8 +131,9 @@ class Server:
                 ensemble_id=ensemble.ensemble_id,
                 on_message=self._on_peer_message,
                 on_link_down=self._on_peer_link_down,
+                gate=peer_gate,
             )
-        self._conns: dict[int, _ClientConnection] = {}
+        self._conns: dict[int, ClientConnection] = {}
         self._ids = itertools.count(1)
         self._records: list[Record] = []
         self._records_wakeup = trio.Event()
@@ -216,8 +198,9 @@ class Server:
     # --- for embedding and tests ------------------------------------------------------
     #
     # The whole surface the test ensemble's fault hooks (coord.testing.faults) use, besides
-    # ``core`` and ``transport``: they subclass Server and build it through open_server's
-    # ``server_type``. Nothing in the server calls these for itself but ``admits_clients``.
+    # ``core``, ``transport`` and the constructor's ``peer_gate``: they subclass Server and
+    # build it through open_server's ``server_type``. Nothing in the server calls these for
+    # itself but ``admits_clients``.
 
     def close_client_connections(self) -> None:
         """Close every client connection now, as if the network dropped them. Sessions live
@@ -384,150 +367,6 @@ class Server:
             await trio.sleep(interval)
             self.core.session_tick(self._now_ms())
             self._carry_out()
-
-    # --- client connections -------------------------------------------------------------
-
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        conn_id = next(self._ids)
-        conn = _ClientConnection(conn_id, stream)
-        peer = _peer_name(stream)
-        try:
-            with conn.scope:
-                if not self.admits_clients():
-                    return
-                await self._converse(conn, peer)
-        except* (trio.BrokenResourceError, trio.ClosedResourceError) as lost:
-            # A reset (the client died with replies unread) ends this connection only.
-            log.info("%s: connection lost (%s)", peer, lost.exceptions[0])
-        finally:
-            self._conns.pop(conn_id, None)
-            self.core.client_closed(conn_id)
-            self._carry_out()
-            with trio.move_on_after(1, shield=True):
-                await stream.aclose()
-
-    async def _converse(self, conn: _ClientConnection, peer: str) -> None:
-        reader = FrameReader(self._frame_bytes_max)
-        stream = conn.stream
-        with trio.move_on_after(HANDSHAKE_TIMEOUT_S) as handshake_scope:
-            handshake = await self._read_handshake(stream, reader, peer)
-        if handshake_scope.cancelled_caught:
-            log.info("%s: no handshake within %ss; closing", peer, HANDSHAKE_TIMEOUT_S)
-            return
-        if handshake is None:
-            return
-        if isinstance(handshake, StatusRequest):
-            await stream.send_all(protocol.encode_frame(self.status()))
-            return
-        if len(self._conns) >= self.config.max_connections:
-            error: CoordError = ThrottledOpError(f"too many connections ({self.config.max_connections})")
-            await stream.send_all(protocol.encode_frame(protocol.handshake_error(error.code, str(error))))
-            return
-        self._conns[conn.conn_id] = conn
-        self.core.open_client(conn.conn_id, handshake, self._now_ms())
-        self._carry_out()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._write_loop, conn, nursery.cancel_scope)
-            await self._read_loop(conn, reader, peer)
-            if conn.closing:
-                # The pipeline hung up on this client (a refused handshake, a closed
-                # or expired session): the writer sends what is queued, then cancels.
-                with trio.move_on_after(2):
-                    await trio.sleep_forever()
-            # The client hung up or broke the protocol: stop writing too.
-            nursery.cancel_scope.cancel()
-
-    async def _read_handshake(
-        self, stream: trio.SocketStream, reader: FrameReader, peer: str
-    ) -> ConnectRequest | StatusRequest | None:
-        while True:
-            try:
-                for body in reader:
-                    return protocol.decode_handshake(protocol.decode_body(body))
-            except ProtocolError as error:
-                log.info("%s: bad handshake: %s; closing", peer, error)
-                return None
-            data = await stream.receive_some(RECEIVE_BYTES)
-            if not data:
-                return None
-            reader.feed(data)
-
-    async def _read_loop(self, conn: _ClientConnection, reader: FrameReader, peer: str) -> None:
-        """Requests in, while the pipeline wants them (backpressure: see coord.pipeline).
-
-        Frames that arrived together with the handshake are already in ``reader``; they
-        wait, like everything after them, until the pipeline has answered the handshake."""
-        stream = conn.stream
-        conn_id = conn.conn_id
-        decode_body = protocol.decode_body
-        decode_request = protocol.decode_request
-        while True:
-            core = self.core
-            while not core.wants_input(conn_id):
-                if conn.closing or not core.has_connection(conn_id):
-                    return
-                conn.resume = trio.Event()
-                await conn.resume.wait()
-            now_ms = self._now_ms()
-            try:
-                if not reader.ready():
-                    data = await stream.receive_some(RECEIVE_BYTES)
-                    if not data:
-                        return
-                    reader.feed(data)
-                    continue
-                for batch, body in enumerate(reader, 1):
-                    try:
-                        xid, request = decode_request(decode_body(body))
-                    except ProtocolError as error:
-                        if error.xid is None:
-                            raise
-                        log.info("%s: bad request xid %d: %s", peer, error.xid, error)
-                        core.client_bad_request(conn_id, error.xid, error_for_code(error.code)(str(error)))
-                    else:
-                        core.client_request(conn_id, xid, request, now_ms, len(body) + 4)
-                    if batch >= READ_BATCH_FRAMES or not core.wants_input(conn_id):
-                        break
-            except ProtocolError as error:
-                log.info("%s: %s; closing the connection", peer, error)
-                core.flush()
-                self._carry_out()
-                return
-            core.flush()
-            self._carry_out()
-            if conn.closing:
-                return
-            # Let the other connections' tasks run: one client's pipelined burst must
-            # not hold the loop (fairness; the rest of its frames stay in ``reader``).
-            await trio.lowlevel.checkpoint()
-
-    async def _write_loop(self, conn: _ClientConnection, scope: trio.CancelScope) -> None:
-        stream = conn.stream
-        try:
-            while True:
-                await conn.wakeup.wait()
-                conn.wakeup = trio.Event()
-                if conn.outbox:
-                    data = b"".join(conn.outbox)
-                    conn.outbox.clear()
-                    await stream.send_all(data)
-                    # Unsent bytes are the core's to count (it holds reads and
-                    # pauses or aborts the connection by them).
-                    self.core.client_sent(conn.conn_id, len(data), self._now_ms())
-                    self._carry_out()
-                if conn.closing and not conn.outbox:
-                    scope.cancel()
-                    return
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            scope.cancel()
-
-
-def _peer_name(stream: trio.SocketStream) -> str:
-    try:
-        host, port = stream.socket.getpeername()[:2]
-    except OSError:
-        return "client"
-    return f"{host}:{port}"
 
 
 @contextlib.asynccontextmanager

@@ -2,13 +2,11 @@
 
 Theory of operation
 -------------------
-One LMDB environment per server (``data_dir/log/``) holds two named databases:
-
-- ``log``: key = zxid as 8 bytes big-endian (so LMDB's byte order is zxid order and
-  appends always go to the right edge of the B+tree), value = CRC32 (4 bytes,
-  big-endian) of *key and txn*, then the txn bytes. The txn is opaque here.
-- ``meta``: small durable integers (``accepted_epoch``, ``current_epoch``, and the
-  log's own ``log.*`` keys), each 8 bytes big-endian.
+One LMDB environment per server (``data_dir/log/``) holds two named databases: ``log``
+(zxid -> checksummed txn) and ``meta`` (small durable integers such as
+``accepted_epoch`` and ``current_epoch``). Their layout, and the checksum, are in
+:mod:`coord.storage.log_format`; how the environment is opened, and how much of its map
+appends may fill, in :mod:`coord.storage.log_environment`.
 
 **Group commit.** :meth:`TxnLog.append` writes a whole batch in ONE write
 transaction, i.e. one durable commit. An LMDB commit with the durable defaults costs
@@ -18,11 +16,10 @@ visible), so the shell drains everything that is waiting into one call: a commit
 hundred entries costs about what a commit of one does, and throughput grows with
 load instead of being capped at one fsync round per txn.
 
-**Durable defaults, on purpose.** The environment is opened with ``sync=True``,
-``metasync=True``, no ``writemap`` and no ``map_async`` (docs/correctness.md, rule 5). Any of
-the "fast" settings can undo the last commit on a machine crash - an entry that a
-follower already ACKed, lost on every server at once after a power cut. When
-:meth:`append` returns, the batch is on stable storage.
+**Durable defaults, on purpose.** The environment is opened with LMDB's durable
+settings (:func:`~coord.storage.log_environment.open_environment`, docs/correctness.md,
+rule 5), after a check of ``data.mdb`` that turns an empty or truncated file into a
+:class:`CorruptLogError`. When :meth:`append` returns, the batch is on stable storage.
 
 **Ordering (docs/correctness.md, rule 6).** A zxid is ``(epoch << 32) | counter``. Each
 appended zxid must follow the previous one (the last entry, or the *base* when the
@@ -35,19 +32,15 @@ The *base* (meta ``log.base_zxid``) is how contiguity survives purging: after
 entry must still follow ``z``, even when the purge emptied the log. A fresh log has
 base 0, so its first entry may be any zxid of a nonzero epoch, or ``1``.
 
-**Corruption.** LMDB commits are atomic (copy-on-write pages, then one meta page
-switch), so a crash never leaves a torn record: what a reader sees is exactly some
-committed prefix of appends. A checksum that does not match therefore means that
-*durable* data - possibly acknowledged to a quorum - was damaged on the medium or
-by something writing into our files. That is never skipped or repaired silently:
+**Corruption.** A checksum that does not match means that *durable* data was damaged
+(:mod:`coord.storage.log_format`). That is never skipped or repaired silently:
 :meth:`read` (``verify=True``) and :meth:`verify` raise :class:`CorruptLogError`
 naming the zxid, and the server refuses to start until an operator acts (for
 example: wipe this server's data and let it resync from the leader).
 
-**A full map.** LMDB cannot delete from a map that is completely full: a delete
-copies the pages it changes (copy-on-write) and needs free pages for that. So appends
-stop short: an append that would leave fewer than a reserve of pages (1/32 of the
-map, between 16 pages and 8 MiB) outside the live B+trees is refused with
+**A full map.** LMDB cannot delete from a map that is completely full, so appends stop
+short: an append that would eat into the reserve kept for deletes
+(:func:`~coord.storage.log_environment.append_limit_pages`) is refused with
 :class:`~coord.errors.StorageFullError`, and the reserve stays for ``purge_through``,
 ``truncate_after`` and ``set_meta``. Should LMDB itself report ``MapFullError``
 anyway (free pages still pinned by a long read transaction), that is the same error.
@@ -62,10 +55,6 @@ success for data that is not on disk (the PostgreSQL "fsyncgate" lesson). On reo
 the log is re-read from disk and is exactly some committed prefix. The error is
 :class:`~coord.errors.StorageFullError` if the disk is full (the rule of
 :mod:`coord.storage.space`), else :class:`~coord.errors.StorageError`.
-
-**A damaged data file.** :meth:`TxnLog.open` checks ``data.mdb`` against its meta
-pages before LMDB maps it (:mod:`coord.storage.lmdb_check`; a truncated file would
-kill the process with SIGBUS): an empty or truncated one is a :class:`CorruptLogError`.
 
 Threads
 -------
@@ -88,15 +77,30 @@ from __future__ import annotations
 import logging
 import struct
 import threading
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Final, TypeVar
 
 import lmdb
 
-from coord.errors import DataInconsistencyError, StorageError, StorageFullError
-from coord.storage.lmdb_check import LmdbFileError, check_data_file
+from coord.errors import StorageError, StorageFullError
+from coord.storage.log_environment import append_limit_pages, open_databases, open_environment, pages_in_use
+from coord.storage.log_format import (
+    _KEY,
+    _META_BASE,
+    _RESERVED_PREFIX,
+    _U64,
+    _ZXID_LIMIT,
+    _decode_entry,
+    _decode_u64,
+    _encode_entry,
+    _gap_error,
+    _read_error,
+    _verify_entries,
+)
+from coord.storage.log_format import ACCEPTED_EPOCH as ACCEPTED_EPOCH
+from coord.storage.log_format import CURRENT_EPOCH as CURRENT_EPOCH
+from coord.storage.log_format import CorruptLogError as CorruptLogError
 from coord.storage.space import disk_is_full
 from coord.zxid import describe_zxid, log_follows
 from coord.zxid import log_follows as zxid_follows  # its old name here, re-exported by coord.storage
@@ -112,49 +116,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ACCEPTED_EPOCH: Final = "accepted_epoch"
-"""Meta key of the last epoch this server accepted (NEWEPOCH), durable before ACKEPOCH."""
-CURRENT_EPOCH: Final = "current_epoch"
-"""Meta key of the epoch whose history this server holds (NEWLEADER), durable before its ACK."""
-
-_FORMAT: Final = 1
-_RESERVED_PREFIX: Final = "log."
-_META_FORMAT: Final = b"log.format"
-_META_BASE: Final = b"log.base_zxid"
-
-_KEY = struct.Struct(">Q")
-_CRC = struct.Struct(">I")
-_U64 = struct.Struct(">Q")
-_ZXID_LIMIT: Final = 1 << 64
 _PURGE_CHUNK: Final = 50_000  # entries deleted per transaction: bounds a txn's dirty pages
-_META_PAGES: Final = 2
-_MAP_BYTES_MIN: Final = 128 << 10
-_RESERVE_FRACTION: Final = 32  # appends leave 1/32 of the map for deletes ...
-_RESERVE_PAGES_MIN: Final = 16  # ... but at least this many pages ...
-_RESERVE_BYTES_MAX: Final = 8 << 20  # ... and no more than this
 
 _T = TypeVar("_T")
 
 
-class CorruptLogError(DataInconsistencyError):
-    """Durable log data is damaged (bad checksum, gap, undecodable record).
-
-    Acknowledged data may be affected, so this is never skipped: the server must
-    refuse to start, loudly, until an operator repairs or wipes this server's data.
-    """
-
-    def __init__(self, message: str, *, zxid: int | None = None) -> None:
-        super().__init__(message)
-        self.zxid = zxid
-
-
 class LogOrderError(ValueError):
     """An append or truncation would break the log's order or contiguity (a caller bug)."""
-
-
-def _checksum(key: bytes | memoryview, txn: bytes | memoryview) -> int:
-    # The key is covered too, so a record that ends up under the wrong key is caught.
-    return zlib.crc32(txn, zlib.crc32(key))
 
 
 class TxnLog:
@@ -170,11 +138,7 @@ class TxnLog:
         self._log_db = log_db
         self._meta_db = meta_db
         self._page_bytes: int = env.stat()["psize"]
-        map_pages = env.info()["map_size"] // self._page_bytes
-        reserve_pages = min(
-            max(map_pages // _RESERVE_FRACTION, _RESERVE_PAGES_MIN), _RESERVE_BYTES_MAX // self._page_bytes
-        )
-        self._append_limit_pages = map_pages - reserve_pages
+        self._append_limit_pages = append_limit_pages(env, self._page_bytes)
         self._write_lock = threading.Lock()
         self._write_failure: BaseException | None = None
         self._write_failure_full = False
@@ -202,45 +166,10 @@ class TxnLog:
             CorruptLogError: ``data.mdb`` is empty, truncated or not an LMDB file.
             StorageError: the environment cannot be opened or has an unknown format.
         """
-        if map_bytes < _MAP_BYTES_MIN:
-            raise ValueError(f"map_bytes={map_bytes} is below the minimum of {_MAP_BYTES_MIN}")
+        env = open_environment(directory, map_bytes)
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        data_file = directory / "data.mdb"
         try:
-            if data_file.exists():
-                check_data_file(data_file)  # before LMDB maps it (SIGBUS past its end)
-        except LmdbFileError as exc:
-            raise CorruptLogError(str(exc)) from exc
-        except OSError as exc:
-            raise StorageError(f"cannot check {data_file}: {exc}") from exc
-        try:
-            env = lmdb.open(
-                str(directory),
-                map_size=map_bytes,
-                subdir=True,
-                # Durable defaults, spelled out so that nobody "tunes" them (docs/correctness.md, rule 5).
-                sync=True,
-                metasync=True,
-                writemap=False,
-                map_async=False,
-                lock=True,
-                max_dbs=4,
-                max_readers=126,
-                mode=0o600,  # txns carry session passwords
-            )
-        except lmdb.Error as exc:
-            raise StorageError(f"cannot open the log in {directory}: {exc}") from exc
-        try:
-            log_db = env.open_db(b"log")
-            meta_db = env.open_db(b"meta")
-            with env.begin(db=meta_db) as txn:
-                raw = txn.get(_META_FORMAT)
-            if raw is None:
-                with env.begin(db=meta_db, write=True) as txn:
-                    txn.put(_META_FORMAT, _U64.pack(_FORMAT))
-            elif raw != _U64.pack(_FORMAT):
-                raise StorageError(f"the log in {directory} has unknown format {raw.hex()}, expected {_FORMAT}")
+            log_db, meta_db = open_databases(env, directory)
             instance = cls(env, log_db, meta_db)
         except lmdb.MapFullError as exc:
             env.close()
@@ -344,7 +273,7 @@ class TxnLog:
                         "zxids must grow, and by exactly one within an epoch; nothing was written"
                     )
                 key = _KEY.pack(zxid)
-                items.append((key, _CRC.pack(_checksum(key, txn)) + txn))
+                items.append((key, _encode_entry(key, txn)))
                 previous = zxid
 
             def write(txn: lmdb.Transaction) -> None:
@@ -540,10 +469,7 @@ class TxnLog:
                 for key, value in cursor.iternext(keys=True, values=True):
                     zxid, txn_bytes = _decode_entry(key, value, verify=verify)
                     if verify and previous is not None and not log_follows(previous, zxid):
-                        raise CorruptLogError(
-                            f"log entry {describe_zxid(zxid)} does not follow {describe_zxid(previous)}: a gap",
-                            zxid=zxid,
-                        )
+                        raise _gap_error(previous, zxid)
                     previous = zxid
                     yield zxid, txn_bytes
         except lmdb.Error as exc:
@@ -587,23 +513,11 @@ class TxnLog:
         Raises:
             CorruptLogError: at the first bad entry, naming its zxid.
         """
-        count = 0
         try:
             with self._env.begin(buffers=True) as txn:
-                raw_base = txn.get(_META_BASE, db=self._meta_db)
-                previous = 0 if raw_base is None else _decode_u64(bytes(raw_base), "log.base_zxid")
-                for key, value in txn.cursor(db=self._log_db).iternext(keys=True, values=True):
-                    zxid, _ = _decode_entry(key, value, verify=True)
-                    if not log_follows(previous, zxid):
-                        raise CorruptLogError(
-                            f"log entry {describe_zxid(zxid)} does not follow {describe_zxid(previous)}: a gap",
-                            zxid=zxid,
-                        )
-                    previous = zxid
-                    count += 1
+                return _verify_entries(txn, self._log_db, self._meta_db)
         except lmdb.Error as exc:
             raise _read_error(exc) from exc
-        return count
 
     def stats(self) -> dict[str, int]:
         """Entry count, bounds and space.
@@ -635,15 +549,8 @@ class TxnLog:
         }
 
     def _pages_in_use(self, txn: lmdb.Transaction) -> int:
-        """Pages of the live B+trees as this transaction sees them, plus the meta pages.
-
-        The free-list's own pages are not counted; the reserve covers them.
-        """
-        used = _META_PAGES
-        for db in (self._main_db, self._log_db, self._meta_db):
-            stat = txn.stat(db)
-            used += stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
-        return used
+        """Pages of every B+tree of the log (the unnamed main one too), plus the meta pages."""
+        return pages_in_use(txn, (self._main_db, self._log_db, self._meta_db))
 
     def _read_first(self) -> int:
         with self._env.begin(db=self._log_db) as txn:
@@ -654,28 +561,3 @@ class TxnLog:
         """The environment's sync-related flags, for tests and ``coord status``."""
         flags = self._env.flags()
         return {name: bool(flags[name]) for name in ("sync", "metasync", "writemap", "map_async")}
-
-
-def _decode_entry(key: bytes | memoryview, value: bytes | memoryview, *, verify: bool) -> tuple[int, bytes]:
-    """Split a stored record into ``(zxid, txn)``, checking its checksum if asked."""
-    if len(key) != _KEY.size:
-        raise CorruptLogError(f"a log key is {len(key)} bytes long, not {_KEY.size}: {bytes(key).hex()}")
-    zxid = _KEY.unpack(key)[0]
-    if len(value) < _CRC.size:
-        raise CorruptLogError(f"log entry {describe_zxid(zxid)} is truncated ({len(value)} bytes)", zxid=zxid)
-    txn = bytes(value[_CRC.size :])
-    if verify and _CRC.unpack(value[: _CRC.size])[0] != _checksum(key, txn):
-        raise CorruptLogError(f"log entry {describe_zxid(zxid)} fails its checksum: damaged on disk", zxid=zxid)
-    return zxid, txn
-
-
-def _decode_u64(raw: bytes, name: str) -> int:
-    if len(raw) != _U64.size:
-        raise CorruptLogError(f"meta value {name!r} is {len(raw)} bytes long, not {_U64.size}")
-    return int(_U64.unpack(raw)[0])
-
-
-def _read_error(exc: lmdb.Error) -> DataInconsistencyError | StorageError:
-    if isinstance(exc, lmdb.CorruptedError | lmdb.PageNotFoundError | lmdb.InvalidError):
-        return CorruptLogError(f"the log's LMDB file is damaged: {exc}")
-    return StorageError(f"cannot read the log: {exc}")

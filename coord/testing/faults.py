@@ -4,8 +4,9 @@ The production server has no fault hooks. The test ensemble runs :class:`Faultab
 a :class:`~coord.server.Server` that adds them using only what the server offers any
 embedder (``open_server(..., server_type=FaultableServer)``):
 
-- ``server.transport`` (:class:`~coord.transport.PeerTransport`): its own ``isolate`` /
-  ``heal`` close every peer link and drop what is sent or received meanwhile;
+- ``Server(..., peer_gate=gate)``: a :class:`~coord.transport.LinkGate` for its peer
+  transport. Ours is an :class:`IsolationGate`, whose ``isolate`` / ``heal`` close
+  every peer link and drop what is sent or received meanwhile;
 - ``server.close_client_connections()``: drop every client connection (sessions live on);
 - ``server.admits_clients()``: overridden here to refuse new client connections while
   the server is isolated;
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Callable
 
 import trio
 
@@ -38,11 +40,67 @@ EXPIRY_TIMEOUT_S = 30.0
 """How long :meth:`FaultableServer.expire_session` waits for the expiry to be applied here."""
 
 
+class IsolationGate:
+    """A :class:`~coord.transport.LinkGate` that :meth:`isolate` closes and :meth:`heal` opens.
+
+    Given to a :class:`~coord.transport.PeerTransport` (``gate=``): while isolated,
+    every peer link of that server is closed and stays closed, and everything sent or
+    received is dropped. Starts open.
+    """
+
+    def __init__(self, server_id: int) -> None:
+        self.server_id = server_id
+        self._is_isolated = False
+        self._healed = trio.Event()
+        self._on_close: list[Callable[[], None]] = []
+
+    @property
+    def is_isolated(self) -> bool:
+        return self._is_isolated
+
+    @property
+    def is_open(self) -> bool:
+        return not self._is_isolated
+
+    async def wait_open(self) -> None:
+        while self._is_isolated:
+            await self._healed.wait()
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        self._on_close.append(callback)
+
+    def isolate(self) -> None:
+        """Cut this server off: close every link; drop all sent and received until :meth:`heal`."""
+        if self._is_isolated:
+            return
+        log.warning("server %d isolated from its peers (fault hook)", self.server_id)
+        self._is_isolated = True
+        self._healed = trio.Event()
+        for callback in self._on_close:
+            callback()
+
+    def heal(self) -> None:
+        """Undo :meth:`isolate`: the links are dialed and accepted again."""
+        if not self._is_isolated:
+            return
+        log.warning("server %d healed (fault hook)", self.server_id)
+        self._is_isolated = False
+        self._healed.set()
+
+
 class FaultableServer(Server):
-    """A :class:`~coord.server.Server` with the test ensemble's fault hooks."""
+    """A :class:`~coord.server.Server` with the test ensemble's fault hooks.
+
+    Attributes:
+        peer_gate: the gate of its peer transport (an ensemble member's; unused when
+            standalone). ``peer_gate.isolate()`` cuts it off from its peers only,
+            not from its clients.
+    """
 
     def __init__(self, config: ServerConfig, recovered: Recovered) -> None:
-        super().__init__(config, recovered)
+        peer_gate = IsolationGate(config.server_id)
+        super().__init__(config, recovered, peer_gate=peer_gate)
+        self.peer_gate = peer_gate
         self._isolated = False
 
     @property
@@ -66,14 +124,14 @@ class FaultableServer(Server):
         """
         self._isolated = True
         if self.transport is not None:
-            self.transport.isolate()
+            self.peer_gate.isolate()
         self.close_client_connections()
 
     def heal(self) -> None:
         """Undo :meth:`isolate`: the peer links come back, clients are taken again."""
         self._isolated = False
         if self.transport is not None:
-            self.transport.heal()
+            self.peer_gate.heal()
 
     async def expire_session(self, session_id: int) -> bool:
         """Expire ``session_id`` now, as if it had timed out (leader only); returns once it is gone here.
@@ -106,4 +164,4 @@ SIGNAL_HANDLERS: dict[int, SignalHandler] = {ISOLATE_SIGNAL: _isolate, HEAL_SIGN
 """The signals a server process of a process ensemble takes, for :func:`coord.server.run.run_server`."""
 
 
-__all__ = ["EXPIRY_TIMEOUT_S", "HEAL_SIGNAL", "ISOLATE_SIGNAL", "SIGNAL_HANDLERS", "FaultableServer"]
+__all__ = ["EXPIRY_TIMEOUT_S", "HEAL_SIGNAL", "ISOLATE_SIGNAL", "SIGNAL_HANDLERS", "FaultableServer", "IsolationGate"]

@@ -27,8 +27,8 @@ from coord.zab.messages import Snap as Snap
 from coord.zab.messages import SyncEntries as SyncEntries
 from coord.zab.messages import Trunc as Trunc
 from coord.zab.messages import UpToDate as UpToDate
-from coord.zab.peer import KNOWN_BUGS as KNOWN_BUGS
 from coord.zab.peer import Peer as Peer
+from coord.zab.peer import RoleTypes as RoleTypes
 from coord.zab.quorum import is_quorum as is_quorum
 from coord.zab.quorum import quorum_size as quorum_size
 from coord.zab.types import DurableState as DurableState

@@ -36,14 +36,12 @@ class Context:
         config: PeerConfig,
         durable: DurableState,
         rng: random.Random,
-        bugs: frozenset[str],
         delivered_zxid: Zxid | None,
     ) -> None:
         self.config = config
         self.me = config.server_id
         self.voters = config.voters
         self.rng = rng
-        self.bugs = bugs
         self.out = Output()
         self.journal = Journal(durable, self._emit)
         self.now = 0  # ticks since this Peer was created
@@ -59,10 +57,6 @@ class Context:
 
     def _emit(self, record: Record) -> None:
         self.out.persist.append(record)
-
-    def has_bug(self, name: str) -> bool:
-        """Whether a deliberately broken variant is on (simulator tests only)."""
-        return name in self.bugs
 
     def send(self, target: int, message: Message) -> None:
         self.out.send.append(Envelope(source=self.me, target=target, message=message))

@@ -155,9 +155,7 @@ class Follower:
                 self._on_up_to_date(message)
             case Proposal(zxid=zxid, txns=txns):
                 if self.phase in _AFTER_NEWLEADER and epoch_of(zxid) == self.epoch:
-                    self._append(zxid, txns)
-                    if self._ctx.has_bug("ack_before_fsync") and self.phase is FollowerPhase.BROADCAST:
-                        self._ctx.send(self.leader, Ack(zxid=self._journal.last_zxid))  # BUG (simulator tests only)
+                    self._on_proposal(zxid, txns)
             case Commit(zxid=zxid):
                 if self.is_up_to_date and epoch_of(zxid) == self.epoch:
                     self._learn_commit(zxid)
@@ -260,6 +258,10 @@ class Follower:
             case _:
                 assert_never(message)
         self.phase = FollowerPhase.SYNC
+
+    def _on_proposal(self, zxid: Zxid, txns: tuple[bytes, ...]) -> None:
+        """Log a proposal of our leader's epoch; it is acknowledged once durable (rule 1)."""
+        self._append(zxid, txns)
 
     def _append(self, zxid: Zxid, txns: tuple[bytes, ...]) -> None:
         """Append a run of txns ``zxid, zxid+1, ...``; skip what we hold, give up on a gap."""

@@ -77,7 +77,7 @@ from coord.zab.messages import (
     UpToDate,
 )
 from coord.zab.quorum import is_quorum, quorum_size, quorum_zxid
-from coord.zab.sync import SyncKind, entry_runs, plan_sync
+from coord.zab.sync import SyncKind, SyncPlan, entry_runs, plan_sync
 from coord.zab.types import Role, Zxid
 from coord.zxid import COUNTER_MAX, EPOCH_MAX, counter_of, epoch_of, format_zxid, make_zxid
 
@@ -178,6 +178,11 @@ class Leader:
             case AppToLeader(epoch=epoch, payload=payload):
                 if learner is not None and learner.is_forwarding and epoch == self.epoch:
                     self._ctx.out.app.append((source, payload))
+                elif learner is None and epoch == self.epoch and self.is_established:
+                    # A follower we dropped still serves our epoch (it never heard that we
+                    # dropped it): its clients' writes, syncs and session touches would be
+                    # lost here. Close its links again so that it syncs afresh.
+                    self._drop_link(source, "it is not among our followers any more")
             case (
                 NewEpoch()
                 | Diff()
@@ -228,8 +233,12 @@ class Leader:
                 for server, learner in self._learners.items()
                 if learner.stage is LearnerStage.SYNCED and ctx.now - learner.last_heard > sync_limit
             ]:
-                log.info("peer %d (leader): dropping follower %d, unheard for %d ticks", ctx.me, server, sync_limit)
                 del self._learners[server]
+                self._drop_link(server, f"unheard for {sync_limit} ticks")
+
+    def _drop_link(self, server: int, reason: str) -> None:
+        log.info("peer %d (leader): dropping follower %d: %s", self._ctx.me, server, reason)
+        self._ctx.out.disconnect.append(server)
 
     def on_persisted(self) -> None:
         persisted = self._journal.persisted_seq
@@ -311,8 +320,6 @@ class Leader:
         learner.stage = LearnerStage.EPOCH_ACKED
         learner.last_zxid = ack.last_zxid
         learner.is_epoch_promise = ack.is_first_ack
-        if self._ctx.has_bug("count_old_epoch_acks") and not self.is_established:
-            self._commit_by_counting_replicas()  # BUG (simulator tests only)
         match self.phase:
             case LeaderPhase.EPOCH_ACKS:
                 self._check_epoch_quorum()
@@ -322,22 +329,6 @@ class Leader:
                 raise AssertionError("ACKEPOCH before NEWEPOCH was sent")
             case _:
                 assert_never(self.phase)
-
-    def _commit_by_counting_replicas(self) -> None:
-        """The ``count_old_epoch_acks`` broken variant: what a quorum holds counts as committed.
-
-        Wrong (docs/correctness.md, rule 2): holding an old-epoch txn on a quorum does not make it
-        committed before this epoch is established; a later leader may legally
-        truncate it, and we will have delivered it.
-        """
-        held = {self._ctx.me: self._journal.last_zxid}
-        held.update(
-            (server, learner.last_zxid)
-            for server, learner in self._learners.items()
-            if learner.stage is not LearnerStage.CONNECTED and learner.stage is not LearnerStage.EPOCH_SENT
-        )
-        zxid = self._journal.history_floor(min(quorum_zxid(held, self._ctx.voters), self._journal.last_zxid))
-        self._ctx.commit_through(zxid)
 
     def _check_epoch_quorum(self) -> None:
         ctx = self._ctx
@@ -353,17 +344,20 @@ class Leader:
 
     # --- synchronisation -------------------------------------------------------------
 
+    def _plan_sync(self, learner: _Learner) -> SyncPlan:
+        """DIFF, TRUNC or SNAP for this learner (docs/correctness.md, rule 3)."""
+        return plan_sync(
+            self._journal,
+            follower_zxid=learner.last_zxid,
+            follower_delivered=learner.delivered_zxid,
+            snap_threshold=self._ctx.config.snap_threshold_txns,
+        )
+
     def _sync(self, server: int, learner: _Learner) -> None:
         ctx = self._ctx
         assert self.epoch is not None
         self._flush_proposals()  # the sync covers everything proposed so far
-        plan = plan_sync(
-            self._journal,
-            follower_zxid=learner.last_zxid,
-            follower_delivered=learner.delivered_zxid,
-            snap_threshold=ctx.config.snap_threshold_txns,
-            skip_trunc=ctx.has_bug("skip_trunc"),
-        )
+        plan = self._plan_sync(learner)
         handshake = learner.handshake
         match plan.kind:
             case SyncKind.DIFF:

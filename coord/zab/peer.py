@@ -71,14 +71,16 @@ buffers such packets as ``packetsNotCommitted``; the cumulative commit point in
 UPTODATE makes that unnecessary).
 
 Messages from servers that are not voters, or addressed to another server, are
-dropped (fail closed). ``bugs`` names deliberately broken variants for the
-simulator's own tests (:data:`KNOWN_BUGS`); each lives behind one ``if``.
+dropped (fail closed). The roles are built from :class:`RoleTypes`: the
+simulator's tests pass deliberately broken subclasses (tests/sim/broken.py) to prove
+that it catches them; production code holds no broken variant and no switch for one.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Final, assert_never
+from dataclasses import dataclass
+from typing import assert_never
 
 from coord.errors import NotLeaderError
 from coord.zab.context import Context, log
@@ -89,8 +91,13 @@ from coord.zab.messages import Notification
 from coord.zab.types import DurableState, Envelope, Output, PeerConfig, Role, SnapshotRecord, Zxid
 from coord.zxid import COUNTER_MAX, counter_of, format_zxid
 
-KNOWN_BUGS: Final = frozenset({"ack_before_fsync", "count_old_epoch_acks", "skip_trunc"})
-"""Deliberately broken variants, for proving that the simulator catches them."""
+
+@dataclass(frozen=True, slots=True)
+class RoleTypes:
+    """The classes a :class:`Peer` builds its roles from (subclasses allowed)."""
+
+    leader: type[Leader] = Leader
+    follower: type[Follower] = Follower
 
 
 class Peer:
@@ -102,7 +109,7 @@ class Peer:
         durable: DurableState,
         rng: random.Random,
         *,
-        bugs: frozenset[str] = frozenset(),
+        roles: RoleTypes = RoleTypes(),
         delivered_zxid: Zxid | None = None,
     ) -> None:
         """Start LOOKING, from what ``durable`` holds.
@@ -111,18 +118,17 @@ class Peer:
             config: this server's id, the voters and the timing limits (ticks).
             durable: this server's durable state; read, never written.
             rng: the only source of randomness (handshake numbers).
-            bugs: deliberately broken variants, for simulator tests only (:data:`KNOWN_BUGS`).
+            roles: the role classes (the simulator's tests pass broken variants).
             delivered_zxid: the zxid the application state reflects at start; by
                 default ``durable.last_zxid()`` (the whole log was replayed).
 
         Raises:
-            ValueError: the configuration is inconsistent or a bug name is unknown.
+            ValueError: the configuration is inconsistent.
         """
         if config.server_id not in config.voters or len(set(config.voters)) != len(config.voters):
             raise ValueError(f"server {config.server_id} must be exactly once among the voters {config.voters}")
-        if unknown := bugs - KNOWN_BUGS:
-            raise ValueError(f"unknown deliberate bugs: {sorted(unknown)}")
-        self._ctx = Context(config, durable, rng, bugs, delivered_zxid)
+        self._roles = roles
+        self._ctx = Context(config, durable, rng, delivered_zxid)
         self._election_round = 0
         self._vote = Vote(self._ctx.journal.current_epoch, self._ctx.journal.last_zxid, config.server_id)
         self._state: Election | Leader | Follower
@@ -270,21 +276,34 @@ class Peer:
             self._state.leader_link_lost()
             self._settle()
 
-    def propose(self, txn: bytes) -> Zxid:
+    def propose(self, txn: bytes, *, zxid: Zxid | None = None) -> Zxid:
         """Order ``txn``; it is delivered (here and everywhere) once committed.
 
+        Args:
+            txn: the encoded txn.
+            zxid: the zxid the caller numbered it with. The server's preparer numbers
+                every txn (it must know the zxid to build it: a new session's id is its
+                zxid); ZAB refuses a number that does not extend its log, before anything
+                is written, as the storage log refuses a gap. None: ZAB's own next zxid.
+
         Returns:
-            The zxid assigned: ``(epoch << 32) | counter``, counters contiguous.
+            The zxid: ``(epoch << 32) | counter``, counters contiguous.
 
         Raises:
             NotLeaderError: not an established leader, or the zxid counter is
                 exhausted (the leader then steps down so that a new epoch starts).
+            ValueError: ``zxid`` is not the next zxid of this leader's log.
         """
         leader = self._established_leader()
-        if counter_of(leader.next_zxid) >= COUNTER_MAX:
+        expected = leader.next_zxid
+        if counter_of(expected) >= COUNTER_MAX:
             self._become_looking("zxid counter exhausted; a new epoch must start")
             self._settle()
             raise NotLeaderError("zxid counter exhausted; re-electing")
+        if zxid is not None and zxid != expected:
+            raise ValueError(
+                f"a proposal numbered {format_zxid(zxid)}; this leader's log continues at {format_zxid(expected)}"
+            )
         return leader.propose(txn)
 
     def barrier(self) -> int:
@@ -426,10 +445,10 @@ class Peer:
         ctx = self._ctx
         log.info("peer %d: LEADING (round %d, vote %s)", ctx.me, self._election_round, format_zxid(self._vote.zxid))
         ctx.reset_role_state()
-        self._state = Leader(ctx)
+        self._state = self._roles.leader(ctx)
 
     def _become_follower(self, leader: int) -> None:
         ctx = self._ctx
         log.info("peer %d: FOLLOWING %d (round %d)", ctx.me, leader, self._election_round)
         ctx.reset_role_state()
-        self._state = Follower(ctx, leader)
+        self._state = self._roles.follower(ctx, leader)

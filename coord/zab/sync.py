@@ -56,9 +56,7 @@ class SyncPlan:
     data: bytes = b""  # SNAP only
 
 
-def plan_sync(
-    journal: Journal, *, follower_zxid: Zxid, follower_delivered: Zxid, snap_threshold: int, skip_trunc: bool = False
-) -> SyncPlan:
+def plan_sync(journal: Journal, *, follower_zxid: Zxid, follower_delivered: Zxid, snap_threshold: int) -> SyncPlan:
     """Decide how to bring a follower whose log ends at ``follower_zxid`` up to our history.
 
     The DIFF / TRUNC / SNAP choice of docs/correctness.md, rule 3.
@@ -68,7 +66,6 @@ def plan_sync(
         follower_zxid: the follower's last zxid.
         follower_delivered: the zxid the follower's application state reflects.
         snap_threshold: send a SNAP rather than more entries than this.
-        skip_trunc: the ``skip_trunc`` deliberately broken variant (simulator tests only).
 
     Returns:
         The plan: DIFF from the follower's last zxid, TRUNC to the highest zxid both
@@ -76,8 +73,6 @@ def plan_sync(
     """
     last = journal.last_zxid
     is_shared = journal.history_contains(follower_zxid)
-    if skip_trunc:  # BUG (simulator tests only): a DIFF where TRUNC is needed keeps a divergent suffix
-        is_shared = True
     if is_shared:
         kind, base = SyncKind.DIFF, follower_zxid
     else:

@@ -122,6 +122,10 @@ class Output:
     app: list[tuple[int, bytes]] = field(default_factory=list)  # (source, payload), in arrival order
     barriers: list[int] = field(default_factory=list)  # barrier ids confirmed by a quorum
     ready: bool | None = None  # True once established leader / synced follower: may serve clients; False when lost
+    # Servers whose links the shell should close: followers this leader dropped. Closing
+    # tells the follower at once (its link_down), as ZooKeeper's leader closing a
+    # LearnerHandler's socket does, so it stops serving instead of serving on unheard.
+    disconnect: list[int] = field(default_factory=list)
 
 
 class DurableState(Protocol):

@@ -12,7 +12,7 @@ clients attack both the leader and a follower at once:
       the load writes (each event carries a ~3.8 KB path, so it falls behind fast);
 (iv)  clients that send their handshake and requests in one write.
 
-Every server runs with the default limits (see coord/config.py), so what is checked
+Every server runs with the default limits (see coord/config/), so what is checked
 is what a deployment gets: the non-reading connections are closed by the server
 (ii by the stall timeout, ``connection_stall_ms`` = 30 s; iii by the unsent-bytes
 bound, about 2.06 MiB), no server process exits, every server's RSS stays bounded,

@@ -118,7 +118,7 @@ async def test_uncommitted_proposal_of_a_cut_off_leader_is_truncated(tmp_path: P
                 await zk.create("/committed", b"c")
                 # Cut the leader off from its followers only: its client can still ask
                 # it to write, it logs the proposal, but no quorum will ever ack it.
-                ensemble.server(old).transport.isolate()
+                ensemble.server(old).peer_gate.isolate()
                 async with trio.open_nursery() as nursery:
 
                     async def doomed_write() -> None:

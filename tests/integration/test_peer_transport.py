@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,7 +21,8 @@ import trio
 from coord import transport as transport_module
 from coord.config import EnsembleConfig, EnsembleMember
 from coord.protocol import HEADER, encode_frame
-from coord.transport import PeerTransport, bind_peer_listeners, listener_address
+from coord.testing.faults import IsolationGate
+from coord.transport import LinkGate, PeerTransport, bind_peer_listeners, listener_address
 from tests.polling import wait_until
 
 ENSEMBLE_ID = EnsembleConfig(servers={1: EnsembleMember(peer=("127.0.0.1", 1), client=("127.0.0.1", 2))}).ensemble_id
@@ -79,15 +80,18 @@ class Cluster:
 
 
 @asynccontextmanager
-async def open_cluster(count: int, *, serving: int | None = None, **kwargs: Any) -> AsyncIterator[Cluster]:
-    """``count`` servers in the ensemble; the first ``serving`` (default all) started."""
+async def open_cluster(
+    count: int, *, serving: int | None = None, gates: Mapping[int, LinkGate] | None = None, **kwargs: Any
+) -> AsyncIterator[Cluster]:
+    """``count`` servers in the ensemble; the first ``serving`` (default all) started;
+    ``gates`` for the transports of some servers (fault hooks)."""
     listeners = await bind_peer_listeners(count)
     peers = {server_id: listener_address(listener) for server_id, listener in listeners.items()}
     async with trio.open_nursery() as nursery:
         cluster = Cluster(nursery, peers, ENSEMBLE_ID)
         for server_id, listener in listeners.items():
             if serving is None or server_id <= serving:
-                await cluster.start(server_id, listener, **kwargs)
+                await cluster.start(server_id, listener, gate=(gates or {}).get(server_id), **kwargs)
             else:
                 await listener.aclose()  # its port stays known, with nobody behind it
         yield cluster
@@ -370,12 +374,13 @@ async def test_servers_of_different_ensembles_refuse_each_other(caplog: pytest.L
 
 
 async def test_isolate_stops_traffic_both_ways_and_heal_restores_it() -> None:
+    gate = IsolationGate(1)
     with trio.fail_after(20):
-        async with open_cluster(3) as cluster:
+        async with open_cluster(3, gates={1: gate}) as cluster:
             one, two, three = (cluster.transports[server_id] for server_id in (1, 2, 3))
             await cluster.wait_connected()
-            one.isolate()
-            assert one.is_isolated
+            gate.isolate()
+            assert gate.is_isolated
             assert one.links_up() == set() and one.links_in() == set()
             await wait_until(lambda: 1 not in two.links_up() and 1 not in three.links_up(), timeout=20)
             await wait_until(lambda: two.links_in() == {3} and three.links_in() == {2}, timeout=20)
@@ -385,7 +390,7 @@ async def test_isolate_stops_traffic_both_ways_and_heal_restores_it() -> None:
             two.send(3, b"between the others")
             assert await receive(three) == (2, b"between the others")
 
-            one.heal()
+            gate.heal()
             await cluster.wait_connected()
             one.send(2, b"healed 1")
             two.send(1, b"healed 2")

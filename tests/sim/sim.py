@@ -44,6 +44,7 @@ from typing import Any, Protocol
 from coord.errors import NotLeaderError
 from coord.zab.peer import Peer
 from coord.zab.types import DurableState, Envelope, EpochRecord, Output, PeerConfig, Role, Zxid
+from tests.sim.broken import roles_with
 from tests.sim.checkers import Checker
 from tests.sim.disk import AppState, FakeDisk, decode_state, encode_state
 from tests.sim.network import InFlight, Network
@@ -77,7 +78,7 @@ def real_peer_factory(config: PeerConfig, durable: DurableState, rng: random.Ran
     only (never the log after it, which may hold proposals a new leader truncates), so
     the core is told so (``delivered_zxid``).
     """
-    return Peer(config, durable, rng, bugs=bugs, delivered_zxid=durable.applied_zxid())
+    return Peer(config, durable, rng, roles=roles_with(bugs), delivered_zxid=durable.applied_zxid())
 
 
 class InvariantError(AssertionError):
@@ -128,7 +129,14 @@ class SimOptions:
     partition_min: int = 100
     partition_max: int = 3_000
     pause_max: int = 800
-    # Core configuration (PeerConfig fields to override) and deliberate bugs.
+    # Buggify: at a role change to LEADING or FOLLOWING, crash that server within
+    # role_crash_within time units with this probability (a leader dying while it
+    # synchronises its followers, a follower dying mid-sync: the windows between
+    # acceptedEpoch, the synced history and currentEpoch, which evenly spread faults
+    # rarely hit).
+    role_crash_prob: float = 0.0
+    role_crash_within: int = 300
+    # Core configuration (PeerConfig fields to override) and broken variants (tests/sim/broken.py).
     config: tuple[tuple[str, int], ...] = ()
     bugs: frozenset[str] = frozenset()
 
@@ -142,7 +150,7 @@ class SimOptions:
             seed: the run's seed; the options come from their own generator derived from it.
             servers: ensemble size (3 or 5).
             aggressive: more frequent faults and slower disks, for hunting broken variants.
-            bugs: deliberate bugs to switch on in every core.
+            bugs: broken variants (tests/sim/broken.py) to switch on in every core.
         """
         rng = random.Random(f"options/{seed}/{servers}/{aggressive}")
         minority = (servers - 1) // 2
@@ -158,25 +166,43 @@ class SimOptions:
             fault_mean = rng.choice((200, 400, 800))
         else:  # one seed in ten runs without faults: the steady state must hold up too
             fault_mean = rng.choice((0, 300, 500, 700, 1_000, 1_000, 1_500, 2_000, 2_000, 4_000))
+        # Drawn in the order they always were, so that a seed keeps its mix.
+        delay_max = rng.choice((5, 20, 50, 90))
+        slow_prob = rng.choice((0.0, 0.0, 0.01, 0.05))
+        stale_prob = rng.choice((0.0, 0.05, 0.2))
+        disk_max = rng.choice((10, 40, 120)) if not aggressive else rng.choice((60, 150, 300))
+        partial_flush_prob = rng.choice((0.0, 0.2, 0.5))
+        fsync_error_prob = rng.choice((0.0, 0.0, 0.002))
+        epoch_crash_prob = rng.choice((0.0, 0.05, 0.2)) if aggressive else rng.choice((0.0, 0.0, 0.02))
+        late_report_prob = rng.choice((0.0, 0.0, 0.3))
+        crash_keep_prob = rng.choice((0.0, 0.3, 0.7))
+        clock_skew = rng.choice((0.0, 0.05, 0.2))
+        propose_mean = rng.choice((30, 100, 300))
+        max_down = servers if rng.random() < 0.1 else minority
+        role_crash_prob = 0.0
+        if aggressive:  # buggify (drawn last): crashes in the windows of an epoch change
+            role_crash_prob = rng.choice((0.0, 0.0, 0.1, 0.3))
+            epoch_crash_prob = rng.choice((0.05, 0.2, 0.5, 0.5))
         return cls(
             seed=seed,
             servers=servers,
             delay_min=1,
-            delay_max=rng.choice((5, 20, 50, 90)),
-            slow_prob=rng.choice((0.0, 0.0, 0.01, 0.05)),
-            stale_prob=rng.choice((0.0, 0.05, 0.2)),
+            delay_max=delay_max,
+            slow_prob=slow_prob,
+            stale_prob=stale_prob,
             disk_min=1,
-            disk_max=rng.choice((10, 40, 120)) if not aggressive else rng.choice((60, 150, 300)),
-            partial_flush_prob=rng.choice((0.0, 0.2, 0.5)),
-            fsync_error_prob=rng.choice((0.0, 0.0, 0.002)),
-            epoch_crash_prob=rng.choice((0.0, 0.05, 0.2)) if aggressive else rng.choice((0.0, 0.0, 0.02)),
-            late_report_prob=rng.choice((0.0, 0.0, 0.3)),
-            crash_keep_prob=rng.choice((0.0, 0.3, 0.7)),
-            clock_skew=rng.choice((0.0, 0.05, 0.2)),
-            propose_mean=rng.choice((30, 100, 300)),
+            disk_max=disk_max,
+            partial_flush_prob=partial_flush_prob,
+            fsync_error_prob=fsync_error_prob,
+            epoch_crash_prob=epoch_crash_prob,
+            late_report_prob=late_report_prob,
+            crash_keep_prob=crash_keep_prob,
+            clock_skew=clock_skew,
+            propose_mean=propose_mean,
             fault_mean=fault_mean,
             fault_weights=weights,
-            max_down=servers if rng.random() < 0.1 else minority,
+            max_down=max_down,
+            role_crash_prob=role_crash_prob,
             config=tuple(config),
             bugs=bugs,
         )
@@ -191,7 +217,7 @@ class SimOptions:
             f"keep={self.crash_keep_prob} "
             f"skew={self.clock_skew} "
             f"propose_mean={self.propose_mean} fault_mean={self.fault_mean} [{weights}] max_down={self.max_down} "
-            f"config={dict(self.config)} bugs={sorted(self.bugs)}"
+            f"role_crash={self.role_crash_prob} config={dict(self.config)} bugs={sorted(self.bugs)}"
         )
 
 
@@ -224,7 +250,7 @@ class Server:
 
 
 # Event kinds (ints: cheap to compare; the payload never is, as sequence numbers are unique).
-DELIVER, TICK_EVENT, FLUSH, PROPOSE, FAULT, RESTART, LINK_UP, HEAL, REPORT = range(9)
+DELIVER, TICK_EVENT, FLUSH, PROPOSE, FAULT, RESTART, LINK_UP, HEAL, REPORT, CRASH = range(10)
 
 
 class Simulation:
@@ -407,6 +433,8 @@ class Simulation:
             return True
         if kind == REPORT:
             return self._report(*payload)
+        if kind == CRASH:
+            return self._buggify_crash(*payload)
         raise AssertionError(kind)  # pragma: no cover
 
     def _deliver(self, message: InFlight) -> bool:
@@ -452,7 +480,8 @@ class Simulation:
         pending = len(server.disk.pending)
         if not pending or server.disk_held:
             return False
-        if self.options.fsync_error_prob and self.rng.random() < self.options.fsync_error_prob:
+        faulty = self.faults_enabled  # heal_and_settle ends the disk's faults too
+        if faulty and self.options.fsync_error_prob and self.rng.random() < self.options.fsync_error_prob:
             self.note("note", f"s{sid} fsync error")
             self.crash(sid, keep=0)
             self._schedule(self.rng.randint(self.options.down_min, self.options.down_max), RESTART, sid)
@@ -460,7 +489,7 @@ class Simulation:
         count = pending
         if pending > 1 and self.rng.random() < self.options.partial_flush_prob:
             count = self.rng.randint(1, pending - 1)
-        if self.options.epoch_crash_prob:
+        if faulty and self.options.epoch_crash_prob:
             cut = next(
                 (
                     index
@@ -496,6 +525,19 @@ class Simulation:
             server.reported_seq = seq
             self._handle_output(server)
         self._schedule_flush(server)
+        return True
+
+    def _buggify_crash(self, sid: int, incarnation: int) -> bool:
+        """The crash a role change scheduled (:attr:`SimOptions.role_crash_prob`)."""
+        server = self.servers[sid]
+        down = sum(1 for other in self.servers.values() if not other.is_up)
+        if not self.faults_enabled or server.peer is None or server.incarnation != incarnation:
+            return False
+        if down >= self.options.max_down:
+            return False
+        self.note("note", f"s{sid} crashes soon after a role change (buggify)")
+        self.crash(sid)
+        self._schedule(self.rng.randint(self.options.down_min, self.options.down_max), RESTART, sid)
         return True
 
     def _report(self, sid: int, incarnation: int) -> bool:
@@ -585,8 +627,23 @@ class Simulation:
             self.checker.on_deliver(sid, server.incarnation, server.app, zxid, txn)
             server.app.append((zxid, txn))
             server.delivered.append((server.incarnation, zxid, txn))
+        for target in out.disconnect:
+            # A hint (the follower would learn of it through link_down in production,
+            # which this simulator does not model): the links break, their messages are lost.
+            self.note("note", f"s{sid} drops its links with s{target}")
+            for source, dest in ((sid, target), (target, sid)):
+                self.network.break_link(source, dest, self.rng, 0.0)
+                if self.servers[source].is_up and self.servers[dest].is_up:
+                    self.network.restore_link(source, dest)
         for change in out.roles:
             self.note("role", sid, change)
+            if (
+                self.faults_enabled
+                and options.role_crash_prob
+                and change.role is not Role.LOOKING
+                and self.rng.random() < options.role_crash_prob
+            ):
+                self._schedule(self.rng.randint(1, options.role_crash_within), CRASH, (sid, server.incarnation))
         if out.ready is not None:
             self.note("ready", sid, out.ready)
             server.ready = out.ready

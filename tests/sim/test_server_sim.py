@@ -14,7 +14,7 @@ tests/fault/FINDINGS.md, F1, which the ZAB-only simulator could not see).
 
 Running::
 
-    pytest tests/sim/test_server_sim.py                         # CI: 300 + 200 seeds x 2,000 steps, the broken core
+    pytest tests/sim/test_server_sim.py                         # CI: 600 + 400 seeds x 2,000 steps, the broken core
     pytest tests/sim/test_server_sim.py --seed 123              # replay seed 123 (3 and 5 servers)
     pytest tests/sim/test_server_sim.py --soak -k soak          # 2,000 seeds x 10,000 steps
     pytest tests/sim/test_server_sim.py --soak --seed 10001 -k soak   # replay one soak seed
@@ -27,7 +27,7 @@ In a Python shell::
     sim.heal_and_settle()   # then liveness and the final comparison
     print("\n".join(sim.trace[-200:]))
 
-Findings in the core: tests/sim/SERVER_FINDINGS.md (S1, S2, both fixed), each with a regression test below.
+Findings in the core: tests/sim/SERVER_FINDINGS.md (S1-S4, all fixed), each with a regression test below.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ import pytest
 from coord import protocol
 from coord.pipeline import Pipeline, PipelineConfig
 from coord.protocol import ConnectRequest, CreateRequest, PingRequest
-from coord.server.core import ServerCore
 from coord.tree import DataTree
+from tests.sim.broken import EagerSyncCore
 from tests.sim.servers import (
     InvariantError,
     LivenessError,
@@ -56,13 +56,14 @@ from tests.sim.servers import (
 )
 
 STEPS = 2_000
-SEEDS_3 = 300
-SEEDS_5 = 200
+SEEDS_3 = 600
+SEEDS_5 = 400
 SOAK_STEPS = 10_000
 BROKEN_SEEDS = 200
 BROKEN_STEPS = 2_000
 S1_SEED = 137  # 3 servers, 2,000 steps, strict: finding S1
 S2_SEED = 5  # 3 servers, 2,000 steps, one-way partitions: finding S2
+S4_SEED = 830  # 3 servers, 2,000 steps: finding S4
 
 
 def check_seed(options: ServerSimOptions, steps: int) -> ServerSimulation:
@@ -130,21 +131,6 @@ def test_a_seed_replays_in_another_process() -> None:
 
 
 # --- a deliberately broken server -------------------------------------------------------------
-
-
-class EagerSyncCore(ServerCore):
-    """BROKEN: the leader answers its own client's sync once the quorum round confirmed its
-    leadership, without waiting until it applied what was committed when the sync arrived.
-    The leader counts a write committed when a quorum of *followers* acknowledged it, and a
-    follower may have answered that write's client already, while the leader's own disk
-    write (and so its apply) is still pending: a read after the sync then misses it."""
-
-    def _release_syncs(self) -> bool:
-        released = bool(self._confirmed_syncs)
-        for barrier, _commit_zxid in self._confirmed_syncs:
-            self.pipeline.barrier_done(*barrier)
-        self._confirmed_syncs = []
-        return released
 
 
 def test_random_faults_catch_a_leader_that_answers_sync_before_applying() -> None:
@@ -216,3 +202,11 @@ def test_finding_s2_one_way_partition() -> None:
     vanish (invariant 7; invariant 5 fires too once a session expires early)."""
     options = ServerSimOptions.from_seed(S2_SEED, servers=3, one_way=True)
     expect_finding(lambda: run_server_seed(options, 2_000), "invariant 7")
+
+
+def test_finding_s4_dropped_follower_is_told() -> None:
+    """The leader drops a follower it did not hear during a partition; after the heal the
+    follower must learn of it (its links close) instead of serving on while the leader
+    ignores its clients' syncs and session touches (invariant 5 fired before the fix)."""
+    sim = check_seed(ServerSimOptions.from_seed(S4_SEED, servers=3), STEPS)
+    assert any("drops its link" in line for line in sim.trace)

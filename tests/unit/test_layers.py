@@ -31,8 +31,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("coord", "client", "recipes")
-WIRE = frozenset({"coord.protocol", "coord.errors", "coord.cbor", "coord.zxid"})
-"""What ``client`` may import of coord."""
+WIRE = frozenset({"coord.protocol", "coord.errors", "coord.cbor", "coord.zxid"}) | frozenset(
+    f"coord.protocol.{path.stem}" for path in (ROOT / "coord" / "protocol").glob("*.py") if path.stem != "__init__"
+)
+"""What ``client`` may import of coord: the codec package (and each of its modules), the errors, CBOR, zxids."""
 MAY_USE_CLIENT = ("coord.cli", "coord.testing")
 """The parts of coord that may import ``client`` and ``recipes``."""
 RECIPES_THIRD_PARTY = frozenset({"trio"})

@@ -15,6 +15,7 @@ from coord.zab import (
     Diff,
     EpochRecord,
     FollowerInfo,
+    LogEntry,
     NewEpoch,
     NewLeader,
     Ping,
@@ -337,6 +338,19 @@ def test_zxids_are_contiguous_and_batches_are_bounded() -> None:
     assert [len(p.txns) for p in of_type(leader.take_output(), Proposal)] == [2, 2, 1]
 
 
+def test_a_proposal_numbered_out_of_order_is_refused_before_anything_is_written() -> None:
+    """The preparer numbers txns; ZAB takes the number only when it extends the log."""
+    leader, _ = make_leader(1)
+    leader.take_output()
+    assert leader.propose(b"a", zxid=make_zxid(1, 1)) == make_zxid(1, 1)
+    for wrong in (make_zxid(1, 1), make_zxid(1, 3), make_zxid(2, 2)):
+        with pytest.raises(ValueError, match="continues at"):
+            leader.propose(b"b", zxid=wrong)
+    assert leader.last_logged_zxid == make_zxid(1, 1)
+    persisted = [record.zxid for record in leader.take_output().persist if isinstance(record, LogEntry)]
+    assert persisted == [make_zxid(1, 1)]
+
+
 def test_counter_about_to_overflow_forces_a_new_epoch() -> None:
     leader, _ = make_leader(1)
     leader._ctx.journal.last_zxid = make_zxid(1, COUNTER_MAX - 1)
@@ -354,6 +368,30 @@ def test_leader_steps_down_without_quorum() -> None:
     out = leader.take_output()
     assert leader.role is Role.LOOKING
     assert out.ready is False and RoleChange(role=Role.LOOKING, leader=None, epoch=0) in out.roles
+
+
+def test_a_follower_unheard_for_the_sync_limit_is_dropped_and_told_so() -> None:
+    """Server finding S4: a dropped follower must learn of it at once (its links close),
+    or it serves on while the leader ignores its clients' writes, syncs and touches."""
+    leader, _ = make_leader(1, voters=(1, 2, 3, 4, 5), followers=4, sync_limit_ticks=4)
+    dropped: list[int] = []
+    for _ in range(6):
+        leader.tick()
+        out = leader.take_output()
+        dropped += out.disconnect
+        for ping in of_type(out, Ping):
+            for follower in (3, 4):  # 5 stays silent
+                leader.step(envelope(follower, 1, PingAck(epoch=ping.epoch, seq=ping.seq)))
+    assert leader.is_established_leader
+    assert dropped == [5]
+    # What it sends after that is refused, and its links are closed again.
+    leader.step(envelope(5, 1, AppToLeader(epoch=leader.epoch, payload=b"touch")))
+    out = leader.take_output()
+    assert out.app == [] and out.disconnect == [5]
+    # Its followers' messages still go through.
+    leader.step(envelope(3, 1, AppToLeader(epoch=leader.epoch, payload=b"touch")))
+    out = leader.take_output()
+    assert out.app == [(3, b"touch")] and out.disconnect == []
 
 
 def test_leader_stays_while_a_quorum_answers_pings() -> None:

@@ -42,6 +42,7 @@ from coord.zab import (
     Zxid,
     make_zxid,
 )
+from tests.sim.broken import roles_with
 
 _T = TypeVar("_T")
 
@@ -184,7 +185,7 @@ class Cluster:
             config_for(server, self.voters, **self.config),
             durable,
             random.Random(self._rng.getrandbits(32)),
-            bugs=self.bugs,
+            roles=roles_with(self.bugs),
         )
         return Node(server_id=server, durable=durable, peer=peer, app=app)
 
@@ -340,7 +341,7 @@ def make_follower(
     """
     durable = durable or MemoryDurable()
     durable.app = durable.recover_app()
-    peer = Peer(config_for(me, voters), durable, random.Random(me), bugs=bugs)
+    peer = Peer(config_for(me, voters), durable, random.Random(me), roles=roles_with(bugs))
     peer.take_output()
     other = next(server for server in voters if server not in (me, leader))
     settled = Notification(leader=leader, zxid=0, epoch=epoch - 1, election_round=1, state=Role.FOLLOWING)
@@ -378,7 +379,13 @@ def start_leading(
     durable.app = durable.recover_app()
     if delivered_zxid is not None:  # the application holds less than the whole log
         durable.app.entries = [entry for entry in durable.app.entries if entry[0] <= delivered_zxid]
-    peer = Peer(config_for(me, voters, **config), durable, random.Random(me), bugs=bugs, delivered_zxid=delivered_zxid)
+    peer = Peer(
+        config_for(me, voters, **config),
+        durable,
+        random.Random(me),
+        roles=roles_with(bugs),
+        delivered_zxid=delivered_zxid,
+    )
     peer.take_output()
     vote = Notification(
         leader=me,
