@@ -10,11 +10,19 @@ read transaction a consistent view, so that is safe.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from coord.storage import ACCEPTED_EPOCH, CURRENT_EPOCH, SnapshotStore, TxnLog
 from coord.tree import DataTree
-from coord.zab.types import EpochRecord, LogEntry, Record, SnapshotRecord, TruncateRecord, Zxid
+from coord.zab.types import (
+    EpochRecord,
+    LogEntry,
+    Record,
+    SnapshotChunkRecord,
+    SnapshotRecord,
+    TruncateRecord,
+    Zxid,
+)
 
 
 class LogDurableState:
@@ -24,10 +32,14 @@ class LogDurableState:
         log: the server's txn log.
         snapshot_zxid: the zxid of the snapshot the application state was loaded from.
         current_tree: returns the application's tree as it is now (for SNAP).
+        snapshots: the server's snapshot store (to load a SNAP once it is installed).
     """
 
-    def __init__(self, log: TxnLog, snapshot_zxid: Zxid, current_tree: Callable[[], DataTree]) -> None:
+    def __init__(
+        self, log: TxnLog, snapshot_zxid: Zxid, current_tree: Callable[[], DataTree], *, snapshots: SnapshotStore
+    ) -> None:
         self.log = log
+        self.snapshots = snapshots
         self.accepted_epoch = log.get_meta(ACCEPTED_EPOCH) or 0
         self.current_epoch = log.get_meta(CURRENT_EPOCH) or 0
         self._snapshot_zxid = snapshot_zxid
@@ -56,9 +68,21 @@ class LogDurableState:
     def applied_zxid(self) -> Zxid:
         return self._snapshot_zxid
 
-    def snapshot(self) -> tuple[Zxid, bytes]:
+    def snapshot(self) -> tuple[Zxid, Iterator[bytes]]:
+        """The tree as of now (its image is taken at once), serialised lazily: each
+        piece is encoded only when it is asked for, so the whole image is never held."""
         tree = self._current_tree()
-        return tree.last_zxid, DataTree.serialize_image(tree.image())
+        return tree.last_zxid, DataTree.image_pieces(tree.image())
+
+    def load_tree(self, zxid: Zxid) -> DataTree:
+        """The tree of the durable snapshot of ``zxid`` (blocking: run it in a worker
+        thread), rebuilt from the file in pieces, never the whole payload in memory.
+
+        Raises:
+            StorageError: no valid snapshot of ``zxid`` is stored.
+            ValueError: the snapshot verifies but is not a well-formed tree image.
+        """
+        return DataTree.from_pieces(self.snapshots.read_pieces(zxid))
 
 
 def write_records(log: TxnLog, snapshots: SnapshotStore, records: Sequence[Record]) -> None:
@@ -84,10 +108,13 @@ def write_records(log: TxnLog, snapshots: SnapshotStore, records: Sequence[Recor
                     log.set_meta(CURRENT_EPOCH, record.current_epoch)
             case TruncateRecord():
                 log.truncate_after(record.zxid)
+            case SnapshotChunkRecord():
+                snapshots.stage(record.zxid, record.offset, record.data)
             case SnapshotRecord():
-                # The snapshot replaces the whole history: write it, then drop every
-                # log entry (what it covers, and a suffix the leader does not have).
-                snapshots.write(record.zxid, record.data)
+                # The snapshot replaces the whole history: install it (its chunks are
+                # staged), then drop every log entry (what it covers, and a suffix the
+                # leader does not have).
+                snapshots.commit_staged(record.zxid, record.size, record.digest)
                 base = int(log.stats().get("base_zxid", 0))
                 log.truncate_after(max(base, min(record.zxid, log.last_zxid)))
                 log.purge_through(record.zxid)

@@ -28,7 +28,7 @@ import trio
 
 from coord.protocol import HEADER, ProtocolError, decode_body, encode_frame
 
-PEER_PROTOCOL_VERSION: Final = 1
+PEER_PROTOCOL_VERSION: Final = 2  # 2: SNAP streams in chunks (SnapChunk, SnapEnd, SnapAck)
 HANDSHAKE_BYTES_MAX: Final = 1024
 
 _HELLO_KEYS: Final = frozenset({"coord_peer", "server_id", "ensemble_id"})

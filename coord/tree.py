@@ -19,6 +19,9 @@ Data layout (chosen for the hot path and for cheap snapshots)
     rebuilt on load. So a snapshot is a shallow ``dict(nodes)`` copy taken in the
     event loop (a few ms for 100k nodes); the worker thread then serializes that
     copy while the tree keeps changing, and the copy stays consistent at its zxid.
+    The image is encoded and decoded a chunk of nodes at a time
+    (:meth:`DataTree.image_pieces`, :meth:`DataTree.from_pieces`), so a SNAP streams a
+    tree of any size without its image ever being whole in memory.
     Indexes of ephemerals per session, of containers and of TTL nodes let
     :meth:`ephemerals` and :meth:`cleanup_candidates` answer without scanning.
 
@@ -42,12 +45,13 @@ Where we differ from ZooKeeper
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Set
+from collections.abc import Iterable, Iterator, Set
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, assert_never
 
 import cbor2
 
+from coord.cbor_pieces import array_items
 from coord.errors import NoNodeError
 from coord.protocol import CreateMode, EventType, Stat, basename, parent_of
 from coord.txn import (
@@ -74,6 +78,7 @@ _DELETED: Final = EventType.NODE_DELETED
 _DATA_CHANGED: Final = EventType.NODE_DATA_CHANGED
 _CHILDREN_CHANGED: Final = EventType.NODE_CHILDREN_CHANGED
 _NO_CHILDREN: Final[frozenset[str]] = frozenset()
+_END: Final = object()  # what next() gives at the end of the image's elements (None is an element)
 
 
 _CHUNK_NODES = 1000
@@ -413,25 +418,35 @@ class DataTree:
         (each node the array of :class:`Node`'s fields in order). Touches only the
         image, so it is safe in a worker thread while the tree keeps changing.
         """
+        return b"".join(DataTree.image_pieces(image))
+
+    @staticmethod
+    def image_pieces(image: TreeImage) -> Iterator[bytes]:
+        """The bytes of :meth:`serialize_image`, lazily, in pieces: first the outer
+        array's head with the head item, then each chunk of nodes as it is encoded.
+
+        Nothing is sorted or encoded until the first piece is asked for, and each chunk
+        only when it is, so a SNAP streams a large tree without ever holding its image
+        whole. Touches only the image (safe in a worker thread, a piece at a time).
+        """
         nodes = image.nodes
+        paths = sorted(nodes)
+        sessions = [
+            [session_id, record.timeout_ms, record.password] for session_id, record in sorted(image.sessions.items())
+        ]
+        head = cbor2.dumps([_IMAGE_MAGIC, _IMAGE_FORMAT, image.last_zxid, sessions])
+        # [head, chunk, chunk, ...] as one definite-length CBOR array.
+        yield _array_header(1 + (len(paths) + _CHUNK_NODES - 1) // _CHUNK_NODES) + head
         # Encoded in chunks, each its own CBOR array: cbor2's C encoder holds the GIL
         # for a whole call, so one call over 100k nodes would stall the event loop
         # for the ~0.5 s it takes; between chunks the trio thread gets its turn.
-        chunks: list[bytes] = []
-        paths = sorted(nodes)
         for start in range(0, len(paths), _CHUNK_NODES):
             flat: list[Any] = []
             append = flat.append
             for path in paths[start : start + _CHUNK_NODES]:
                 append(path)
                 append(nodes[path])
-            chunks.append(cbor2.dumps(flat))
-        sessions = [
-            [session_id, record.timeout_ms, record.password] for session_id, record in sorted(image.sessions.items())
-        ]
-        head = cbor2.dumps([_IMAGE_MAGIC, _IMAGE_FORMAT, image.last_zxid, sessions])
-        # [head, chunk, chunk, ...] as one definite-length CBOR array.
-        return _array_header(1 + len(chunks)) + head + b"".join(chunks)
+            yield cbor2.dumps(flat)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> DataTree:
@@ -440,9 +455,27 @@ class DataTree:
         Raises:
             ValueError: the bytes are not a well-formed, self-consistent image.
         """
+        return cls.from_pieces([data])
+
+    @classmethod
+    def from_pieces(cls, pieces: Iterable[bytes]) -> DataTree:
+        """Rebuild a tree from its serialized image given as ``pieces`` of any sizes.
+
+        The pieces are never joined: the image is decoded one element (a chunk of up
+        to 1000 nodes) at a time and each chunk is built into the tree at once, so
+        only the tree, one chunk and one piece are in memory (a follower installs a
+        streamed SNAP from disk this way).
+
+        Raises:
+            ValueError: the bytes are not a well-formed, self-consistent image (or
+                bytes follow it).
+        """
+        items = array_items(pieces)
         try:
-            (magic, image_format, last_zxid, sessions), *chunks = cbor2.loads(data)
-            flat = [item for chunk in chunks for item in chunk]
+            head: Any = next(items, _END)
+            if head is _END:
+                raise ValueError("the image is an empty array")
+            (magic, image_format, last_zxid, sessions) = head
         except (cbor2.CBORDecodeError, ValueError, TypeError) as error:
             raise ValueError(f"malformed tree image: {error}") from error
         if magic != _IMAGE_MAGIC or image_format != _IMAGE_FORMAT:
@@ -451,34 +484,46 @@ class DataTree:
         tree.last_zxid = last_zxid
         nodes: dict[str, Node] = {}
         tree.nodes = nodes
-        tree.sessions = {sid: SessionRecord(sid, timeout_ms, password) for sid, timeout_ms, password in sessions}
+        try:
+            tree.sessions = {sid: SessionRecord(sid, timeout_ms, password) for sid, timeout_ms, password in sessions}
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"malformed tree image: {error}") from error
         children: dict[str, set[str]] = {}
         ephemerals: dict[int, set[str]] = {}
         tree._children = children
         tree._ephemerals = ephemerals
         tree._containers = containers = set()
         tree._ttls = ttls = set()
-        try:
-            for index in range(0, len(flat), 2):
-                path = flat[index]
-                (node_data, cz, mz, ct, mt, v, cv, av, owner, nc, pz, mode, ttl) = flat[index + 1]
-                mode = _MODES[mode]
-                nodes[path] = _new_tuple(Node, (node_data, cz, mz, ct, mt, v, cv, av, owner, nc, pz, mode, ttl))
-                if path != "/":
-                    parent_path = parent_of(path)
-                    names = children.get(parent_path)
-                    if names is None:
-                        children[parent_path] = {basename(path)}
-                    else:
-                        names.add(basename(path))
-                if owner:
-                    ephemerals.setdefault(owner, set()).add(path)
-                elif ttl:
-                    ttls.add(path)
-                elif mode is _CONTAINER:
-                    containers.add(path)
-        except (TypeError, ValueError, KeyError) as error:
-            raise ValueError(f"malformed node in tree image: {error}") from error
+        while True:
+            try:
+                chunk: Any = next(items, _END)
+                if chunk is _END:
+                    break
+                if type(chunk) is not list or len(chunk) % 2:
+                    raise ValueError("a chunk is not a list of paths and nodes")
+            except (cbor2.CBORDecodeError, ValueError, TypeError) as error:
+                raise ValueError(f"malformed tree image: {error}") from error
+            pairs = iter(chunk)
+            try:
+                for path, fields in zip(pairs, pairs, strict=True):
+                    (node_data, cz, mz, ct, mt, v, cv, av, owner, nc, pz, mode, ttl) = fields
+                    mode = _MODES[mode]
+                    nodes[path] = _new_tuple(Node, (node_data, cz, mz, ct, mt, v, cv, av, owner, nc, pz, mode, ttl))
+                    if path != "/":
+                        parent_path = parent_of(path)
+                        names = children.get(parent_path)
+                        if names is None:
+                            children[parent_path] = {basename(path)}
+                        else:
+                            names.add(basename(path))
+                    if owner:
+                        ephemerals.setdefault(owner, set()).add(path)
+                    elif ttl:
+                        ttls.add(path)
+                    elif mode is _CONTAINER:
+                        containers.add(path)
+            except (TypeError, ValueError, KeyError) as error:
+                raise ValueError(f"malformed node in tree image: {error}") from error
         if "/" not in nodes:
             raise ValueError("tree image has no root")
         for path, names in children.items():

@@ -49,6 +49,7 @@ gets the same file except for ``server.id``::
     tick_ms = 100                   # the Zab tick (server.tick_ms is the session tick); at most 60000
     init_limit_ticks = 20           # a follower must connect and sync within this many ticks (at most 10000)
     sync_limit_ticks = 5            # a leader or follower unheard this long is given up on (at most 10000)
+    snap_chunk_bytes = 1048576      # a SNAP to a lagging follower streams in chunks this large (1 KiB..16 MiB)
 
     [ensemble.servers]              # ID = { peer = HOST:PORT (Zab), client = HOST:PORT }
     1 = { peer = "10.0.0.1:2888", client = "10.0.0.1:2281" }

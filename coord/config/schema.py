@@ -24,6 +24,7 @@ from coord.config.value_checks import (
     _check_path_bytes_max,
     _check_path_depth_max,
     _check_server_id,
+    _check_snap_chunk_bytes,
     _check_txn_bytes_max,
     _closest,
     _positive,
@@ -90,6 +91,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "tick_ms": _Key(_field("ensemble_tick_ms", _at_most(_TICK_MS_MAX, " (one minute)"))),
         "init_limit_ticks": _Key(_field("ensemble_init_limit_ticks", _at_most(_LIMIT_TICKS_MAX))),
         "sync_limit_ticks": _Key(_field("ensemble_sync_limit_ticks", _at_most(_LIMIT_TICKS_MAX))),
+        "snap_chunk_bytes": _Key(_field("ensemble_snap_chunk_bytes", _check_snap_chunk_bytes)),
         "servers": _Key(_check_servers, is_int=False),
     },
 }

@@ -42,6 +42,7 @@ class EnsembleConfig:
     tick_ms: int = 100
     init_limit_ticks: int = 20
     sync_limit_ticks: int = 5
+    snap_chunk_bytes: int = 1 << 20  # a SNAP to a lagging follower streams in chunks this large
 
     @property
     def voters(self) -> tuple[int, ...]:

@@ -109,6 +109,22 @@ def _check_log_map_bytes(key: str, value: object) -> int:
     )
 
 
+# A SNAP streams in chunks: small enough to stay far below the peer frame limit (64 MiB)
+# and to interleave with the broadcast, large enough not to be all header.
+_SNAP_CHUNK_BYTES_MIN = 1 << 10
+_SNAP_CHUNK_BYTES_MAX = 16 << 20
+
+
+def _check_snap_chunk_bytes(key: str, value: object) -> int:
+    return _integer(
+        key,
+        value,
+        low=_SNAP_CHUNK_BYTES_MIN,
+        high=_SNAP_CHUNK_BYTES_MAX,
+        what=f"an integer in {_SNAP_CHUNK_BYTES_MIN}..{_SNAP_CHUNK_BYTES_MAX} (1 KiB..16 MiB)",
+    )
+
+
 def _string(key: str, value: object) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{key}: must be a non-empty string, got {_describe(value)}")

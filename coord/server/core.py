@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from coord.errors import ConnectionLossError, CoordError, NotLeaderError, StorageFullError
 from coord.pipeline import Mode, Pipeline
@@ -51,6 +51,19 @@ _PUMP_ROUNDS_MAX = 1_000
 
 Sync = tuple[int, int, int]
 """A sync waiting for its quorum round: (origin server, session, xid)."""
+
+
+class ServerDurable(DurableState, Protocol):
+    """ZAB's view of the disk, plus what the server needs to install a SNAP."""
+
+    def load_tree(self, zxid: int) -> DataTree:
+        """The tree of the durable snapshot of ``zxid`` (read in pieces; the server
+        calls this when a SNAP it received is installed, before it serves again).
+
+        Raises:
+            StorageError: no such snapshot, or it is damaged.
+        """
+        ...
 
 
 @dataclass(slots=True)
@@ -75,7 +88,7 @@ class ServerCore:
         self,
         pipeline: Pipeline,
         peer_config: PeerConfig,
-        durable: DurableState,
+        durable: ServerDurable,
         *,
         delivered_zxid: int,
         snapshot_every_txns: int,
@@ -102,6 +115,7 @@ class ServerCore:
         self._snapshot_every_txns = snapshot_every_txns
         self._peer_frame_bytes_max = peer_frame_bytes_max
         self.zab = Peer(peer_config, durable, rng, delivered_zxid=delivered_zxid)
+        self._durable = durable
         self._out = CoreOutput()
         self._since_snapshot = 0
         self._own_txns: dict[int, Txn] = {}  # proposals of this leader, by zxid, until delivered
@@ -248,11 +262,12 @@ class ServerCore:
         self.pipeline.set_offline_error(error if isinstance(error, StorageFullError) else None)
         self._pump_pipeline_only()
 
-    def rejoin(self, durable: DurableState, now_ms: int) -> None:
+    def rejoin(self, durable: ServerDurable, now_ms: int) -> None:
         """Start a new ZAB core over ``durable`` (after :meth:`storage_failed`); it delivers
         only what the tree does not have yet. A standalone server re-elects itself at once."""
         self.now_ms = now_ms
         self._suspended = False
+        self._durable = durable
         self.zab = Peer(self._peer_config, durable, self._rng, delivered_zxid=self.pipeline.tree.last_zxid)
         self._pump()
 
@@ -335,8 +350,10 @@ class ServerCore:
                 self._out.disconnect.append((target, "the leader dropped this follower; it must sync again"))
             if zout.install is not None:
                 busy = True
-                zxid, data = zout.install
-                tree = DataTree.from_bytes(data)
+                zxid = zout.install
+                # The SNAP is durable (its digest checked as it was staged and installed);
+                # the tree is read back from it in pieces.
+                tree = self._durable.load_tree(zxid)
                 if tree.last_zxid != zxid:
                     raise RuntimeError(f"a snapshot sent as {zxid:#x} holds {tree.last_zxid:#x}")
                 pipeline.install(tree)

@@ -104,12 +104,18 @@ class Server(ClientConnections):
         ensemble = config.ensemble
         self.is_standalone = ensemble is None
         self._zab_tick_s = (STANDALONE_TICK_MS if ensemble is None else ensemble.tick_ms) / 1000
-        self._durable = LogDurableState(recovered.log, recovered.snapshot_zxid, lambda: self.core.tree)
+        self._durable = LogDurableState(
+            recovered.log, recovered.snapshot_zxid, lambda: self.core.tree, snapshots=self._snapshots
+        )
         peer_config = PeerConfig(
             server_id=config.server_id,
             voters=ensemble.voters if ensemble else (config.server_id,),
             **(
-                {"init_limit_ticks": ensemble.init_limit_ticks, "sync_limit_ticks": ensemble.sync_limit_ticks}
+                {
+                    "init_limit_ticks": ensemble.init_limit_ticks,
+                    "sync_limit_ticks": ensemble.sync_limit_ticks,
+                    "snap_chunk_bytes": ensemble.snap_chunk_bytes,
+                }
                 if ensemble
                 else {}
             ),
@@ -321,7 +327,9 @@ class Server(ClientConnections):
                 self._log = await trio.to_thread.run_sync(
                     lambda: TxnLog.open(self.config.data_dir / "log", map_bytes=self.config.log_map_bytes)
                 )
-        self._durable = LogDurableState(self._log, self._durable.applied_zxid(), lambda: self.core.tree)
+        self._durable = LogDurableState(
+            self._log, self._durable.applied_zxid(), lambda: self.core.tree, snapshots=self._snapshots
+        )
         self.core.rejoin(self._durable, self._now_ms())
         self._carry_out()
 

@@ -30,6 +30,23 @@ directory. A crash leaves either no snapshot or a complete one, plus maybe a sta
 temp file that :meth:`~SnapshotStore.purge` removes. When ``write`` returns, the log
 may be purged through the snapshot's zxid.
 
+**Streamed snapshots (staging).** A snapshot received from the leader (a SNAP) is far
+too big to hold in memory, so it arrives in chunks: :meth:`SnapshotStore.stage` writes
+each chunk at its offset into a hidden temp file (named like ``write``'s, so that the
+purge at start-up removes one left by a crash), after room reserved for the header;
+each call is ``fsync``\\ ed before it returns. Chunks must come in order: a chunk at
+offset 0 starts a new staging (dropping any earlier one), any other must start exactly
+where the staged bytes end, or the call is refused. :meth:`~SnapshotStore.commit_staged`
+then reads the staged payload back in 1 MiB pieces, checks its size and its sha256
+against what the leader announced (a mismatch discards the staging), writes the real
+header over the reserved room, ``fsync``\\ s, renames the file into place and
+``fsync``\\ s the directory, as ``write`` does: the result is byte for byte the file
+``write`` would have made, and only from then on may the log be purged. A staging
+lives only as long as this object: a restarted server never resumes one (its temp
+file is stale and goes at the next purge); the leader sends the SNAP again.
+:meth:`~SnapshotStore.read_pieces` reads a snapshot back the same way, in bounded
+pieces, for a tree to be rebuilt without the whole payload in memory.
+
 **Damage.** :meth:`SnapshotStore.latest` checks every candidate fully (header, exact
 length, digest) from the newest down, logs a warning for each bad one and falls back
 to the next older one; the log still holds what the older snapshot lacks as long as
@@ -40,7 +57,9 @@ evidence); they go once newer valid snapshots have made them old.
 
 Threads: the methods are blocking (file I/O); call them through
 ``trio.to_thread.run_sync``. Concurrent calls are safe (purge never removes the temp
-file of a write in progress in this process).
+file of a write or of the staging in progress in this process), except that the
+staging methods (``stage``, ``commit_staged``, ``discard_staged``) are meant for one
+thread, the record writer, which calls them in order.
 """
 
 from __future__ import annotations
@@ -53,8 +72,10 @@ import logging
 import os
 import struct
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 from coord.errors import StorageError, StorageFullError
 
@@ -83,6 +104,15 @@ SnapshotList = list[tuple[int, Path]]
 """Snapshots as ``(zxid, path)``, by zxid ascending."""
 
 
+@dataclass(slots=True)
+class _Staging:
+    """The snapshot being received: its temp file and how much of it is written."""
+
+    zxid: int
+    name: str  # the temp file's name in the snapshot directory
+    size: int = 0  # payload bytes staged so far (the file holds the header room first)
+
+
 class SnapshotStore:
     """The snapshot files of one server, in one directory (normally ``data_dir/snapshots``)."""
 
@@ -93,8 +123,9 @@ class SnapshotStore:
             self.directory.mkdir(parents=True, exist_ok=True)
             _fsync_directory(self.directory.parent)
         self._lock = threading.Lock()
-        self._writing: set[str] = set()
+        self._writing: set[str] = set()  # temp files in use: never stale (the staging's too)
         self._temp_ids = itertools.count()
+        self._staging: _Staging | None = None
 
     def write(self, zxid: int, payload: bytes) -> Path:
         """Durably store a snapshot covering every txn up to and including ``zxid``.
@@ -128,14 +159,132 @@ class SnapshotStore:
             _fsync_directory(self.directory)
         except OSError as exc:
             temp.unlink(missing_ok=True)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StorageFullError(f"no space for snapshot {zxid:#x} in {self.directory}: {exc}") from exc
-            raise StorageError(f"cannot write snapshot {zxid:#x} in {self.directory}: {exc}") from exc
+            raise _storage_error(exc, "write", zxid, self.directory) from exc
         finally:
             with self._lock:
                 self._writing.discard(temp_name)
         log.info("wrote snapshot %s (%d bytes of payload)", final, len(payload_view))
         return final
+
+    def stage(self, zxid: int, offset: int, data: bytes) -> None:
+        """Durably write ``data`` at ``offset`` of the payload of a snapshot being received.
+
+        ``offset`` 0 starts a new staging for ``zxid`` (discarding any earlier one,
+        whatever its zxid); any other offset must be where the bytes staged so far for
+        the same ``zxid`` end. Nothing counts until :meth:`commit_staged`.
+
+        Raises:
+            ValueError: ``zxid`` is outside 0..2**64-1.
+            StorageError: ``offset`` does not continue the staging of ``zxid`` (a bug
+                upstream; nothing was written), or an I/O error (the staging is
+                discarded: start again at offset 0).
+            StorageFullError: no space left on the device (the staging is discarded).
+        """
+        if not 0 <= zxid < _ZXID_LIMIT:
+            raise ValueError(f"zxid {zxid} is out of range")
+        staging = self._staging
+        if offset != 0 and (staging is None or staging.zxid != zxid or staging.size != offset):
+            have = "nothing is staged" if staging is None else f"{staging.size} bytes are staged of {staging.zxid:#x}"
+            raise StorageError(f"cannot stage snapshot {zxid:#x} at offset {offset}: {have}")
+        try:
+            if offset == 0:
+                self.discard_staged()
+                staging = self._start_staging(zxid)
+            assert staging is not None
+            fd = os.open(self.directory / staging.name, os.O_WRONLY)
+            try:
+                _pwrite_all(fd, data, _HEADER.size + offset)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self.discard_staged()
+            raise _storage_error(exc, "stage", zxid, self.directory) from exc
+        staging.size = offset + len(data)
+
+    def commit_staged(self, zxid: int, size: int, digest: bytes) -> Path:
+        """Install the staged snapshot of ``zxid``: it must be exactly ``size`` bytes
+        whose sha256 is ``digest``. Either way the staging is over.
+
+        Returns:
+            The snapshot's path. As after :meth:`write`, the snapshot is on stable
+            storage when this returns (the log may be purged through ``zxid``), and
+            the file is the one ``write`` would have made of the same payload.
+
+        Raises:
+            StorageError: nothing of ``zxid`` is staged, or the staged payload has
+                another size or digest, or an I/O error; the staging is discarded
+                and no snapshot was stored.
+            StorageFullError: no space left on the device; no snapshot was stored.
+        """
+        staging = self._staging
+        try:
+            if staging is None or staging.zxid != zxid:
+                have = "nothing is staged" if staging is None else f"the staging is of {staging.zxid:#x}"
+                raise StorageError(f"cannot commit snapshot {zxid:#x}: {have}")
+            final = self._install_staged(staging, size, digest)
+        except OSError as exc:
+            self.discard_staged()
+            raise _storage_error(exc, "commit", zxid, self.directory) from exc
+        except StorageError:
+            self.discard_staged()
+            raise
+        self._staging = None
+        with self._lock:
+            self._writing.discard(staging.name)
+        log.info("wrote snapshot %s (%d bytes of payload, received in chunks)", final, size)
+        return final
+
+    def discard_staged(self) -> None:
+        """Remove the snapshot being staged, if any (idempotent)."""
+        staging, self._staging = self._staging, None
+        if staging is None:
+            return
+        try:
+            (self.directory / staging.name).unlink(missing_ok=True)
+        except OSError as exc:  # it is stale now: the next purge removes it
+            log.warning("cannot remove the snapshot staging %s: %s", staging.name, exc)
+        finally:
+            with self._lock:
+                self._writing.discard(staging.name)
+
+    def read_pieces(self, zxid: int, piece_bytes: int = _READ_CHUNK) -> Iterator[bytes]:
+        """The payload of the valid snapshot whose header zxid is ``zxid``, in pieces
+        of at most ``piece_bytes``, never the whole of it in memory.
+
+        A generator: nothing is read until the first piece is asked for. Then the file
+        is verified completely first (header, length, digest, reading it in pieces),
+        and only a file that verifies is read again to yield its payload, through the
+        same open file (a purge or a rewrite meanwhile cannot swap it). So a damaged
+        file yields nothing, and the errors come from the first ``next()``, except an
+        I/O error (or the file changing in place) in the second pass.
+
+        Raises:
+            ValueError: ``piece_bytes`` is not positive.
+            StorageError: no snapshot of ``zxid`` verifies (or an I/O error while
+                yielding).
+        """
+        if piece_bytes < 1:
+            raise ValueError(f"piece_bytes={piece_bytes}: must be positive")
+        for found, path in reversed(self._candidates()):
+            if found != zxid:
+                continue
+            try:
+                with open(path, "rb", buffering=0) as file:
+                    length = _verify_file(path, file, zxid)
+                    if length is None:
+                        continue
+                    file.seek(_HEADER.size)
+                    while length:
+                        piece = file.read(min(piece_bytes, length))
+                        if not piece:
+                            raise StorageError(f"snapshot {path} shrank while being read")
+                        length -= len(piece)
+                        yield piece
+                    return
+            except OSError as exc:
+                raise StorageError(f"cannot read snapshot {path}: {exc}") from exc
+        raise StorageError(f"no valid snapshot {zxid:#x} in {self.directory}")
 
     def latest(self) -> tuple[int, bytes] | None:
         """The newest snapshot that verifies, as ``(zxid, payload)``; None if there is none.
@@ -224,20 +373,10 @@ class SnapshotStore:
         """Read and fully verify one snapshot; None (with a warning) if it is bad."""
         try:
             with open(path, "rb") as file:
-                raw_header = file.read(_HEADER.size)
-                if len(raw_header) < _HEADER.size:
-                    log.warning("skipping snapshot %s: torn header (%d bytes)", path, len(raw_header))
+                header = _read_header(path, file)
+                if header is None:
                     return None
-                magic, version, zxid, length, digest = _HEADER.unpack(raw_header)
-                if magic != MAGIC or version != VERSION:
-                    log.warning("skipping snapshot %s: bad magic or version %d", path, version)
-                    return None
-                size = os.fstat(file.fileno()).st_size
-                if size != _HEADER.size + length:  # checked first: a damaged length may be huge
-                    log.warning(
-                        "skipping snapshot %s: %d bytes long, header says %d", path, size, _HEADER.size + length
-                    )
-                    return None
+                zxid, length, digest = header
                 payload = file.read(length + 1)
         except OSError as exc:
             log.warning("skipping snapshot %s: cannot read it: %s", path, exc)
@@ -249,6 +388,50 @@ class SnapshotStore:
             log.warning("skipping snapshot %s (zxid %#x): digest mismatch, the file is damaged", path, zxid)
             return None
         return zxid, payload
+
+    def _start_staging(self, zxid: int) -> _Staging:
+        """Create the temp file of a new staging, holding zeros where the header goes."""
+        with self._lock:
+            name = f"{_TEMP_PREFIX}{zxid:016x}.{os.getpid()}.{next(self._temp_ids)}.staged{_TEMP_SUFFIX}"
+            self._writing.add(name)
+        self._staging = staging = _Staging(zxid, name)
+        fd = os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            _pwrite_all(fd, bytes(_HEADER.size), 0)
+        finally:
+            os.close(fd)
+        _fsync_directory(self.directory)
+        return staging
+
+    def _install_staged(self, staging: _Staging, size: int, digest: bytes) -> Path:
+        """Check the staged payload, write its header, rename it into place (see commit_staged)."""
+        zxid = staging.zxid
+        if staging.size != size:
+            raise StorageError(f"snapshot {zxid:#x} is {staging.size} bytes as staged, but {size} were announced")
+        temp = self.directory / staging.name
+        with open(temp, "r+b", buffering=0) as file:
+            found = os.fstat(file.fileno()).st_size - _HEADER.size
+            if found != size:
+                raise StorageError(f"the staging of snapshot {zxid:#x} holds {found} bytes, not {size}")
+            payload_hash = hashlib.sha256()
+            signed_hash = hashlib.sha256(_SIGNED.pack(VERSION, zxid, size))
+            file.seek(_HEADER.size)
+            remaining = size
+            while remaining:
+                piece = file.read(min(_READ_CHUNK, remaining))
+                if not piece:
+                    raise StorageError(f"the staging of snapshot {zxid:#x} shrank while being read")
+                payload_hash.update(piece)
+                signed_hash.update(piece)
+                remaining -= len(piece)
+            if payload_hash.digest() != digest:
+                raise StorageError(f"snapshot {zxid:#x} as staged does not match the announced sha256 (damaged)")
+            _pwrite_all(file.fileno(), _HEADER.pack(MAGIC, VERSION, zxid, size, signed_hash.digest()), 0)
+            os.fsync(file.fileno())
+        final = self.directory / f"{_PREFIX}{zxid:016x}"
+        os.replace(temp, final)
+        _fsync_directory(self.directory)
+        return final
 
     def _remove_stale_temp_files(self) -> None:
         with self._lock:
@@ -266,6 +449,53 @@ class SnapshotStore:
                     pass
                 except OSError as exc:
                     log.warning("cannot remove stale temp file %s: %s", name, exc)
+
+
+def _read_header(path: Path, file: BinaryIO) -> tuple[int, int, bytes] | None:
+    """``(zxid, length, digest)`` from the header of an open snapshot if it looks valid
+    and the file has the stated length; None (with a warning) if not."""
+    raw_header = file.read(_HEADER.size)
+    if len(raw_header) < _HEADER.size:
+        log.warning("skipping snapshot %s: torn header (%d bytes)", path, len(raw_header))
+        return None
+    magic, version, zxid, length, digest = _HEADER.unpack(raw_header)
+    if magic != MAGIC or version != VERSION:
+        log.warning("skipping snapshot %s: bad magic or version %d", path, version)
+        return None
+    size = os.fstat(file.fileno()).st_size
+    if size != _HEADER.size + length:  # checked first: a damaged length may be huge
+        log.warning("skipping snapshot %s: %d bytes long, header says %d", path, size, _HEADER.size + length)
+        return None
+    return zxid, length, digest
+
+
+def _verify_file(path: Path, file: BinaryIO, zxid: int) -> int | None:
+    """The payload length of an open snapshot of ``zxid`` that verifies completely,
+    reading it in pieces; None (with a warning) if it does not."""
+    try:
+        header = _read_header(path, file)
+        if header is None:
+            return None
+        found, length, digest = header
+        if found != zxid:
+            log.warning("skipping snapshot %s: its zxid is now %#x, not %#x", path, found, zxid)
+            return None
+        hasher = hashlib.sha256(_SIGNED.pack(VERSION, zxid, length))
+        remaining = length
+        while remaining:
+            piece = file.read(min(_READ_CHUNK, remaining))
+            if not piece:
+                log.warning("skipping snapshot %s: shorter than its header says", path)
+                return None
+            hasher.update(piece)
+            remaining -= len(piece)
+    except OSError as exc:
+        log.warning("skipping snapshot %s: cannot read it: %s", path, exc)
+        return None
+    if hasher.digest() != digest:
+        log.warning("skipping snapshot %s (zxid %#x): digest mismatch, the file is damaged", path, zxid)
+        return None
+    return length
 
 
 def _read_header_zxid(path: Path) -> int | None:
@@ -288,6 +518,22 @@ def _read_header_zxid(path: Path) -> int | None:
         log.warning("ignoring snapshot %s: %d bytes long, header says %d", path, size, _HEADER.size + length)
         return None
     return int(zxid)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` of ``fd`` (``os.pwrite`` may write less)."""
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def _storage_error(exc: OSError, doing: str, zxid: int, directory: Path) -> StorageError | StorageFullError:
+    """The error to raise for an I/O error: StorageFullError for a full disk."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFullError(f"no space for snapshot {zxid:#x} in {directory}: {exc}")
+    return StorageError(f"cannot {doing} snapshot {zxid:#x} in {directory}: {exc}")
 
 
 def _fsync_directory(directory: Path) -> None:

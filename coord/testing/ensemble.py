@@ -309,6 +309,7 @@ async def open_ensemble(
     tick_ms: int = 50,
     init_limit_ticks: int = 40,
     sync_limit_ticks: int = 6,
+    snap_chunk_bytes: int = 1 << 20,
     session_tick_ms: int = 100,
     base_port: int | None = None,
     **overrides: Any,
@@ -322,6 +323,7 @@ async def open_ensemble(
         data_dir: where their data directories go (default: a temporary directory,
             removed when the block ends).
         tick_ms, init_limit_ticks, sync_limit_ticks: ZAB timing (fast, for tests).
+        snap_chunk_bytes: a SNAP to a lagging follower streams in chunks this large.
         session_tick_ms: the session tick; sessions may time out from 2 ticks up.
         base_port: fixed ports instead of ephemeral ones: clients on ``base_port``,
             ``base_port + 1``, ...; peers on ``base_port + 1000``, ... (``coord ensemble``).
@@ -340,7 +342,12 @@ async def open_ensemble(
         raise ValueError(f"base_port must be in 1..{highest} for {size} servers (or 0 or None), got {base_port}")
     temporary = data_dir is None
     base = Path(tempfile.mkdtemp(prefix="coord-ensemble-")) if data_dir is None else Path(data_dir)
-    timing = {"tick_ms": tick_ms, "init_limit_ticks": init_limit_ticks, "sync_limit_ticks": sync_limit_ticks}
+    timing = {
+        "tick_ms": tick_ms,
+        "init_limit_ticks": init_limit_ticks,
+        "sync_limit_ticks": sync_limit_ticks,
+        "snap_chunk_bytes": snap_chunk_bytes,
+    }
     try:
         if processes:
             async with open_processes(size, base, timing, session_tick_ms, base_port, overrides) as (nursery, members):

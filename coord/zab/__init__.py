@@ -24,6 +24,9 @@ from coord.zab.messages import Ping as Ping
 from coord.zab.messages import PingAck as PingAck
 from coord.zab.messages import Proposal as Proposal
 from coord.zab.messages import Snap as Snap
+from coord.zab.messages import SnapAck as SnapAck
+from coord.zab.messages import SnapChunk as SnapChunk
+from coord.zab.messages import SnapEnd as SnapEnd
 from coord.zab.messages import SyncEntries as SyncEntries
 from coord.zab.messages import Trunc as Trunc
 from coord.zab.messages import UpToDate as UpToDate
@@ -40,6 +43,7 @@ from coord.zab.types import PeerConfig as PeerConfig
 from coord.zab.types import Record as Record
 from coord.zab.types import Role as Role
 from coord.zab.types import RoleChange as RoleChange
+from coord.zab.types import SnapshotChunkRecord as SnapshotChunkRecord
 from coord.zab.types import SnapshotRecord as SnapshotRecord
 from coord.zab.types import TruncateRecord as TruncateRecord
 from coord.zab.types import Zxid as Zxid

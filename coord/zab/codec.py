@@ -41,6 +41,9 @@ from coord.zab.messages import (
     PingAck,
     Proposal,
     Snap,
+    SnapAck,
+    SnapChunk,
+    SnapEnd,
     SyncEntries,
     Trunc,
     UpToDate,
@@ -67,6 +70,9 @@ _TAGS: Final[dict[type[Message], int]] = {
     PingAck: 16,
     AppToFollower: 17,
     AppToLeader: 18,
+    SnapChunk: 19,
+    SnapEnd: 20,
+    SnapAck: 21,
 }
 _BY_TAG: Final = {tag: cls for cls, tag in _TAGS.items()}
 _FIELDS: Final = {cls: tuple(field.name for field in fields(cls)) for cls in _TAGS}
@@ -90,6 +96,12 @@ def _int(value: Any, name: str, maximum: int) -> int:
 def _bytes(value: Any, name: str) -> bytes:
     if type(value) is not bytes:
         _fail(f"{name}: expected a byte string, got {type(value).__name__}")
+    return value
+
+
+def _digest(value: Any, name: str) -> bytes:
+    if type(value) is not bytes or len(value) != 32:
+        _fail(f"{name}: expected a sha256 digest (32 bytes)")
     return value
 
 
@@ -125,6 +137,9 @@ _CHECKS: Final[dict[str, Callable[[Any, str], Any]]] = {
     "election_round": lambda value, name: _int(value, name, _COUNT_MAX),
     "handshake": lambda value, name: _int(value, name, _COUNT_MAX),
     "seq": lambda value, name: _int(value, name, _COUNT_MAX),
+    "offset": lambda value, name: _int(value, name, _COUNT_MAX),
+    "size": lambda value, name: _int(value, name, _COUNT_MAX),
+    "digest": _digest,
     "is_first_ack": _bool,
     "state": _role,
     "data": _bytes,

@@ -105,9 +105,10 @@ class Context:
             self.journal.forget_through(self.delivered_zxid)
         self._release_app()
 
-    def install(self, zxid: Zxid, data: bytes) -> None:
-        """A snapshot replaced the log and is durable: the application replaces its state."""
-        self.out.install = (zxid, data)
+    def install(self, zxid: Zxid) -> None:
+        """A snapshot replaced the log and is durable: the application replaces its state
+        with it (read from its durable state)."""
+        self.out.install = zxid
         self.out.deliver.clear()
         # The snapshot replaces everything: what we thought committed beyond it may be
         # exactly what it was sent to undo (txns our application replayed at start-up).

@@ -45,6 +45,7 @@ never written (docs/correctness.md, rule 6).
 from __future__ import annotations
 
 import enum
+from collections import deque
 from typing import assert_never
 
 from coord.zab.context import Context, log
@@ -65,10 +66,14 @@ from coord.zab.messages import (
     PingAck,
     Proposal,
     Snap,
+    SnapAck,
+    SnapChunk,
+    SnapEnd,
     SyncEntries,
     Trunc,
     UpToDate,
 )
+from coord.zab.transfer import SnapReceiver
 from coord.zab.types import Role, Zxid
 from coord.zxid import epoch_of, format_zxid, zab_follows
 
@@ -98,6 +103,9 @@ class Follower:
         self.abandon_reason: str | None = None
         self._started = ctx.now
         self._last_heard = ctx.now
+        self._last_progress = ctx.now  # the last SNAP chunk received
+        self._snap: SnapReceiver | None = None  # a SNAP being received
+        self._snap_acks: deque[tuple[int, int]] = deque()  # (record seq, offset after it) not yet durable
         self._wait_seq = 0
         self._last_acked: Zxid = 0
         self._is_first_ack = False
@@ -139,9 +147,17 @@ class Follower:
                 self._on_new_epoch(message)
             case Diff() | Trunc() | Snap():
                 self._on_sync_start(message)
+            case SnapChunk(handshake=handshake, offset=offset, data=data):
+                if self.phase is FollowerPhase.SYNC and handshake == self.handshake:
+                    self._on_snap_chunk(offset, data)
+            case SnapEnd(handshake=handshake, size=size, digest=digest):
+                if self.phase is FollowerPhase.SYNC and handshake == self.handshake:
+                    self._on_snap_end(size, digest)
             case SyncEntries(handshake=handshake, previous_zxid=previous, zxid=zxid, txns=txns):
                 if self.phase is not FollowerPhase.SYNC or handshake != self.handshake:
                     pass
+                elif self._snap is not None:
+                    self._abandon("sync entries before the SNAP ended")
                 elif previous != self._journal.last_zxid:
                     self._abandon(
                         f"sync gap: entries after {format_zxid(previous)}, "
@@ -167,7 +183,16 @@ class Follower:
             case AppToFollower(epoch=epoch, commit_zxid=commit_zxid, payload=payload):
                 if self.phase in _AFTER_NEWLEADER and epoch == self.epoch:
                     self._ctx.queue_app(commit_zxid, source, payload)
-            case FollowerInfo() | AckEpoch() | AckNewLeader() | Ack() | PingAck() | AppToLeader() | Notification():
+            case (
+                FollowerInfo()
+                | AckEpoch()
+                | AckNewLeader()
+                | Ack()
+                | PingAck()
+                | AppToLeader()
+                | Notification()
+                | SnapAck()
+            ):
                 log.debug("peer %d (follower): ignoring %s", self._ctx.me, type(message).__name__)
             case _:
                 assert_never(message)
@@ -183,13 +208,16 @@ class Follower:
             # instead). The same handshake makes the copies harmless to the leader.
             self._ctx.send(self.leader, self._follower_info)
         if not self.is_up_to_date:
-            if self._ctx.now - self._started >= config.init_limit_ticks:
+            # A SNAP in progress restarts the clock: its size, not a fault, sets its length.
+            if self._ctx.now - max(self._started, self._last_progress) >= config.init_limit_ticks:
                 self._abandon(f"not synchronised with {self.leader} within {config.init_limit_ticks} ticks")
         elif self._ctx.now - self._last_heard > config.sync_limit_ticks:
             self._abandon(f"leader {self.leader} silent for more than {config.sync_limit_ticks} ticks")
 
     def on_persisted(self) -> None:
         persisted = self._journal.persisted_seq
+        if self._snap_acks:
+            self._ack_snap_chunks()
         if self.phase is FollowerPhase.ACCEPTING_EPOCH and persisted >= self._wait_seq:
             assert self._journal.durable_accepted_epoch == self.epoch
             self.phase = FollowerPhase.SYNC_WAIT
@@ -242,22 +270,62 @@ class Follower:
         journal = self._journal
         # ACKEPOCH waited for every record before it: the durable state is the whole truth here.
         assert journal.is_all_persisted
+        # What the leader asks is checked, not asserted: a wrong sync from one peer (a bug
+        # there, or not a leader of ours) makes us give up on it, never ends this server.
         match message:
             case Diff(zxid=zxid):
-                assert zxid == journal.last_zxid, (
-                    f"DIFF from {format_zxid(zxid)}, our log ends at {format_zxid(journal.last_zxid)}"
-                )
+                if zxid != journal.last_zxid:
+                    self._abandon(f"DIFF from {format_zxid(zxid)}, our log ends at {format_zxid(journal.last_zxid)}")
+                    return
             case Trunc(zxid=zxid):
-                assert zxid < journal.last_zxid and journal.history_contains(zxid), (
-                    f"TRUNC to {format_zxid(zxid)}, which our log (ending {format_zxid(journal.last_zxid)}) lacks"
-                )
-                assert self._ctx.delivered_zxid <= zxid, "TRUNC below what our application applied (needs SNAP)"
+                if not (zxid < journal.last_zxid and journal.history_contains(zxid)):
+                    last = format_zxid(journal.last_zxid)
+                    self._abandon(f"TRUNC to {format_zxid(zxid)}, which our log (ending {last}) lacks")
+                    return
+                if self._ctx.delivered_zxid > zxid:
+                    self._abandon(f"TRUNC to {format_zxid(zxid)}, below what our application applied (needs SNAP)")
+                    return
                 journal.truncate(zxid)
-            case Snap(zxid=zxid, data=data):
-                journal.install_snapshot(zxid, data)  # installed in the application once durable
+            case Snap(zxid=zxid):
+                if epoch_of(zxid) > journal.accepted_epoch:
+                    self._abandon(f"SNAP at {format_zxid(zxid)}, of an epoch we never accepted")
+                    return
+                self._snap = SnapReceiver(zxid)  # chunks follow; installed once complete and durable
             case _:
                 assert_never(message)
         self.phase = FollowerPhase.SYNC
+
+    def _on_snap_chunk(self, offset: int, data: bytes) -> None:
+        receiver = self._snap
+        if receiver is None:
+            self._abandon("a SNAP chunk outside a SNAP")
+            return
+        if (problem := receiver.accept(offset, data)) is not None:
+            self._abandon(problem)
+            return
+        record = self._journal.stage_snapshot_chunk(receiver.zxid, offset, data)
+        self._snap_acks.append((record.seq, receiver.received))
+        self._last_progress = self._ctx.now
+
+    def _on_snap_end(self, size: int, digest: bytes) -> None:
+        receiver = self._snap
+        if receiver is None:
+            self._abandon("a SNAP end outside a SNAP")
+            return
+        if (problem := receiver.check_end(size, digest)) is not None:
+            self._abandon(problem)
+            return
+        self._snap = None
+        self._journal.install_snapshot(receiver.zxid, size, digest)  # the application installs it once durable
+
+    def _ack_snap_chunks(self) -> None:
+        """Acknowledge the SNAP's chunks that are durable now (the leader's window moves)."""
+        persisted = self._journal.persisted_seq
+        offset = None
+        while self._snap_acks and self._snap_acks[0][0] <= persisted:
+            offset = self._snap_acks.popleft()[1]
+        if offset is not None:
+            self._ctx.send(self.leader, SnapAck(handshake=self.handshake, offset=offset))
 
     def _on_proposal(self, zxid: Zxid, txns: tuple[bytes, ...]) -> None:
         """Log a proposal of our leader's epoch; it is acknowledged once durable (rule 1)."""
@@ -272,6 +340,9 @@ class Follower:
                 continue  # a duplicate of an entry of this leader's history we already hold
             if not zab_follows(journal.last_zxid, entry):
                 self._abandon(f"gap from leader: {format_zxid(entry)} after {format_zxid(journal.last_zxid)}")
+                return
+            if epoch_of(entry) > journal.accepted_epoch:
+                self._abandon(f"entry {format_zxid(entry)} of an epoch we never accepted")
                 return
             journal.append(entry, txn)
 

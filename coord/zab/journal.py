@@ -43,7 +43,16 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from coord.zab.types import DurableState, EpochRecord, LogEntry, Record, SnapshotRecord, TruncateRecord, Zxid
+from coord.zab.types import (
+    DurableState,
+    EpochRecord,
+    LogEntry,
+    Record,
+    SnapshotChunkRecord,
+    SnapshotRecord,
+    TruncateRecord,
+    Zxid,
+)
 from coord.zxid import COUNTER_MAX, counter_of, epoch_of, format_zxid, make_zxid, zab_follows
 
 
@@ -95,9 +104,15 @@ class Journal:
         self._push(record)
         return record
 
-    def install_snapshot(self, zxid: Zxid, data: bytes) -> SnapshotRecord:
-        """Emit a snapshot that replaces the whole log."""
-        record = SnapshotRecord(seq=self._next_seq(), zxid=zxid, data=data)
+    def stage_snapshot_chunk(self, zxid: Zxid, offset: int, data: bytes) -> SnapshotChunkRecord:
+        """Emit part of a snapshot being received; it changes nothing until installed."""
+        record = SnapshotChunkRecord(seq=self._next_seq(), zxid=zxid, offset=offset, data=data)
+        self._push(record)
+        return record
+
+    def install_snapshot(self, zxid: Zxid, size: int, digest: bytes) -> SnapshotRecord:
+        """Emit the installation of the staged snapshot of ``zxid``: it replaces the whole log."""
+        record = SnapshotRecord(seq=self._next_seq(), zxid=zxid, size=size, digest=digest)
         self.last_zxid = zxid
         self._cache.clear()
         self._cache_base = zxid
@@ -141,6 +156,8 @@ class Journal:
                 case TruncateRecord(zxid=zxid) | SnapshotRecord(zxid=zxid):
                     self.durable_last_zxid = zxid
                     self._pending_rewrites -= 1
+                case SnapshotChunkRecord():
+                    pass
                 case EpochRecord(accepted_epoch=accepted, current_epoch=current):
                     if accepted is not None:
                         self.durable_accepted_epoch = accepted

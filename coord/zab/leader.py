@@ -72,12 +72,16 @@ from coord.zab.messages import (
     PingAck,
     Proposal,
     Snap,
+    SnapAck,
+    SnapChunk,
+    SnapEnd,
     SyncEntries,
     Trunc,
     UpToDate,
 )
 from coord.zab.quorum import is_quorum, quorum_size, quorum_zxid
 from coord.zab.sync import SyncKind, SyncPlan, entry_runs, plan_sync
+from coord.zab.transfer import SnapSender
 from coord.zab.types import Role, Zxid
 from coord.zxid import COUNTER_MAX, EPOCH_MAX, counter_of, epoch_of, format_zxid, make_zxid
 
@@ -94,6 +98,7 @@ class LearnerStage(enum.Enum):
     CONNECTED = "connected"  # FOLLOWERINFO received
     EPOCH_SENT = "epoch-sent"  # NEWEPOCH sent
     EPOCH_ACKED = "epoch-acked"  # ACKEPOCH received; sync waits for the epoch quorum
+    SNAPPING = "snapping"  # a SNAP streams to it (not forwarded proposals until it ends)
     SYNCING = "syncing"  # sync and NEWLEADER sent: receives proposals and commits from now on
     SYNCED = "synced"  # NEWLEADER acknowledged: its ACKs and PINGACKs count
 
@@ -109,6 +114,7 @@ class _Learner:
     acked_zxid: Zxid = 0
     answered_ping: int = 0
     is_epoch_promise: bool = False  # its ACKEPOCH counts toward the epoch quorum
+    transfer: SnapSender | None = None  # while SNAPPING
 
     @property
     def is_forwarding(self) -> bool:
@@ -128,6 +134,7 @@ class Leader:
         self.epoch: int | None = None
         self.abandon_reason: str | None = None
         self._started = ctx.now
+        self._last_progress = ctx.now  # the last SNAP chunk a follower acknowledged
         self._learners: dict[int, _Learner] = {}
         self._epoch_seq = 0  # our new acceptedEpoch record
         self._current_epoch_seq: int | None = None  # our new currentEpoch record
@@ -175,6 +182,8 @@ class Leader:
                 if learner is not None and learner.stage is LearnerStage.SYNCED and is_ours:
                     learner.answered_ping = max(learner.answered_ping, seq)
                     self._check_barriers()
+            case SnapAck():
+                self._on_snap_ack(source, message)
             case AppToLeader(epoch=epoch, payload=payload):
                 if learner is not None and learner.is_forwarding and epoch == self.epoch:
                     self._ctx.out.app.append((source, payload))
@@ -188,6 +197,8 @@ class Leader:
                 | Diff()
                 | Trunc()
                 | Snap()
+                | SnapChunk()
+                | SnapEnd()
                 | SyncEntries()
                 | NewLeader()
                 | UpToDate()
@@ -206,9 +217,17 @@ class Leader:
 
     def tick(self) -> None:
         ctx = self._ctx
-        if not self.is_established and ctx.now - self._started >= ctx.config.init_limit_ticks:
+        # A SNAP in progress restarts the clock: its size, not a fault, sets its length.
+        if not self.is_established and ctx.now - max(self._started, self._last_progress) >= ctx.config.init_limit_ticks:
             self._abandon(f"epoch not established within {ctx.config.init_limit_ticks} ticks")
             return
+        for server in [
+            server
+            for server, learner in self._learners.items()
+            if learner.stage is LearnerStage.SNAPPING and ctx.now - learner.last_heard >= ctx.config.init_limit_ticks
+        ]:
+            del self._learners[server]  # and the image its SNAP held
+            self._drop_link(server, f"its SNAP made no progress for {ctx.config.init_limit_ticks} ticks")
         is_due = ctx.now >= self._next_ping or self._barrier_ping_due
         if is_due and self.phase in (LeaderPhase.EPOCH_ACKS, LeaderPhase.SYNC, LeaderPhase.BROADCAST):
             self._send_pings()
@@ -365,7 +384,17 @@ class Leader:
             case SyncKind.TRUNC:
                 ctx.send(server, Trunc(handshake=handshake, zxid=plan.zxid))
             case SyncKind.SNAP:
-                ctx.send(server, Snap(handshake=handshake, zxid=plan.zxid, data=plan.data))
+                ctx.send(server, Snap(handshake=handshake, zxid=plan.zxid))
+                learner.stage = LearnerStage.SNAPPING
+                learner.transfer = SnapSender(
+                    plan.zxid,
+                    plan.pieces,
+                    chunk_bytes=ctx.config.snap_chunk_bytes,
+                    window_chunks=ctx.config.snap_window_chunks,
+                )
+                log.info("peer %d: sync %d by SNAP at %s (streaming)", ctx.me, server, format_zxid(plan.zxid))
+                self._send_snap_chunks(server, learner)
+                return
             case _:
                 assert_never(plan.kind)
         for previous, first, txns in entry_runs(plan.zxid, plan.entries, ctx.config.max_batch_txns):
@@ -380,6 +409,42 @@ class Leader:
             format_zxid(plan.zxid),
             len(plan.entries),
         )
+
+    def _send_snap_chunks(self, server: int, learner: _Learner) -> None:
+        """Send what the SNAP's window allows; after its end, the entries and NEWLEADER."""
+        sender = learner.transfer
+        assert sender is not None and learner.stage is LearnerStage.SNAPPING
+        for message in sender.next_messages(learner.handshake):
+            self._ctx.send(server, message)
+        if not sender.is_finished:
+            return
+        assert self.epoch is not None
+        learner.transfer = None
+        self._flush_proposals()  # the entries cover everything proposed so far
+        entries = self._journal.history_after(sender.zxid)
+        if entries is None:
+            # We took a snapshot and purged our log past this one meanwhile: start over.
+            del self._learners[server]
+            self._drop_link(server, f"our log after the snapshot {format_zxid(sender.zxid)} was purged during the SNAP")
+            return
+        for previous, first, txns in entry_runs(sender.zxid, entries, self._ctx.config.max_batch_txns):
+            self._ctx.send(
+                server, SyncEntries(handshake=learner.handshake, previous_zxid=previous, zxid=first, txns=txns)
+            )
+        self._ctx.send(server, NewLeader(epoch=self.epoch, zxid=self._journal.last_zxid, handshake=learner.handshake))
+        learner.stage = LearnerStage.SYNCING
+        log.info(
+            "peer %d: SNAP to %d sent (%d bytes), %d entries after it", self._ctx.me, server, sender.sent, len(entries)
+        )
+
+    def _on_snap_ack(self, source: int, ack: SnapAck) -> None:
+        learner = self._learners.get(source)
+        if learner is None or learner.stage is not LearnerStage.SNAPPING or learner.handshake != ack.handshake:
+            return
+        assert learner.transfer is not None
+        if learner.transfer.on_ack(ack.offset):
+            self._last_progress = self._ctx.now
+            self._send_snap_chunks(source, learner)
 
     def _on_ack_new_leader(self, source: int, ack: AckNewLeader) -> None:
         learner = self._learners.get(source)

@@ -1,4 +1,4 @@
-"""Every message that ZAB peers exchange, one frozen dataclass each.
+r"""Every message that ZAB peers exchange, one frozen dataclass each.
 
 The names follow ZooKeeper's packet types (NOTIFICATION, FOLLOWERINFO, NEWEPOCH,
 ACKEPOCH, DIFF, TRUNC, SNAP, NEWLEADER, UPTODATE, PROPOSAL, ACK, COMMIT, PING),
@@ -22,6 +22,12 @@ with these differences, each for a reason:
 - **AckEpoch.is_first_ack** replaces ZooKeeper's "currentEpoch = -1" ACKEPOCH.
 - **PingAck** answers a :class:`Ping` with its sequence number, which is how the
   leader runs a quorum round for linearizable ``sync`` (``Peer.barrier``).
+- **SNAP streams**: :class:`Snap` names the snapshot's zxid, then its bytes follow as
+  bounded :class:`SnapChunk`\ s, checked at the end against :class:`SnapEnd`'s size and
+  sha256; the follower answers :class:`SnapAck` once chunks are durable, and the
+  leader keeps at most a window of chunks unacknowledged (flow control). ZooKeeper
+  writes the whole snapshot into the learner's socket; a snapshot of any size must
+  not be one message here (the peer frame limit), nor be held whole in memory.
 - **AppToFollower / AppToLeader** carry the application's own messages (forwarded
   requests, their replies) on the same ordered links.
 
@@ -114,11 +120,38 @@ class Trunc:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Snap:
-    """Leader → follower: replace your state with this snapshot at ``zxid``; entries follow."""
+    r"""Leader → follower: replace your state with a snapshot at ``zxid``; it follows as
+    :class:`SnapChunk`\ s and a :class:`SnapEnd`, then the entries after it."""
 
     handshake: int
     zxid: Zxid
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapChunk:
+    """Leader → follower: the snapshot's bytes at ``offset`` (chunks come in order)."""
+
+    handshake: int
+    offset: int
     data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapEnd:
+    """Leader → follower: the snapshot was ``size`` bytes with this sha256 ``digest``."""
+
+    handshake: int
+    size: int
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapAck:
+    """Follower → leader: the snapshot's bytes before ``offset`` are durable here (the
+    leader sends at most a window of chunks beyond the last such offset)."""
+
+    handshake: int
+    offset: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -233,6 +266,9 @@ Message = (
     | Diff
     | Trunc
     | Snap
+    | SnapChunk
+    | SnapEnd
+    | SnapAck
     | SyncEntries
     | NewLeader
     | AckNewLeader
@@ -254,6 +290,9 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     Diff,
     Trunc,
     Snap,
+    SnapChunk,
+    SnapEnd,
+    SnapAck,
     SyncEntries,
     NewLeader,
     AckNewLeader,

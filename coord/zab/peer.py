@@ -64,8 +64,7 @@ Where each rule of docs/correctness.md lives (as code and as an assertion):
 says where each lives.)
 
 Left out: observers, weighted quorums and dynamic reconfiguration (the voters
-are fixed); snapshots travel as one SNAP message (the transport's frame limit
-must allow a whole snapshot); a follower that joins gets the leader's proposals
+are fixed); a follower that joins gets the leader's proposals
 from its NEWLEADER on but learns commit points only from UPTODATE (ZooKeeper
 buffers such packets as ``packetsNotCommitted``; the cumulative commit point in
 UPTODATE makes that unnecessary).
@@ -255,7 +254,7 @@ class Peer:
         for record in self._ctx.journal.persisted(through_seq):
             if isinstance(record, SnapshotRecord):
                 # The log is replaced; the application must be too, whatever our role now.
-                self._ctx.install(record.zxid, record.data)
+                self._ctx.install(record.zxid)
         match self._state:
             case Election():
                 pass

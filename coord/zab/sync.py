@@ -35,6 +35,7 @@ The entries always run to our last zxid, including proposals not yet durable her
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from coord.zab.journal import Journal
@@ -53,7 +54,7 @@ class SyncPlan:
     kind: SyncKind
     zxid: Zxid  # DIFF: the follower's last zxid; TRUNC: truncate after it; SNAP: the snapshot's zxid
     entries: list[tuple[Zxid, bytes]] = field(default_factory=list)  # history after ``zxid``
-    data: bytes = b""  # SNAP only
+    pieces: Iterator[bytes] = field(default_factory=lambda: iter(()))  # SNAP only: the state, lazily serialised
 
 
 def plan_sync(journal: Journal, *, follower_zxid: Zxid, follower_delivered: Zxid, snap_threshold: int) -> SyncPlan:
@@ -102,11 +103,11 @@ def plan_sync(journal: Journal, *, follower_zxid: Zxid, follower_delivered: Zxid
 
 
 def _plan_snap(journal: Journal) -> SyncPlan:
-    zxid, data = journal.durable.snapshot()
+    zxid, pieces = journal.durable.snapshot()
     assert zxid <= journal.last_zxid and journal.history_contains(zxid), f"snapshot at {format_zxid(zxid)}"
     entries = journal.history_after(zxid)
     assert entries is not None, f"the log after our own snapshot at {format_zxid(zxid)} was purged"
-    return SyncPlan(kind=SyncKind.SNAP, zxid=zxid, entries=entries, data=data)
+    return SyncPlan(kind=SyncKind.SNAP, zxid=zxid, entries=entries, pieces=pieces)
 
 
 def entry_runs(

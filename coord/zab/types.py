@@ -26,6 +26,7 @@ and currentEpoch are durable, ...) live inside the core.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -51,6 +52,8 @@ class PeerConfig:
     heartbeat_ticks: int = 1  # leader pings followers every this many ticks
     snap_threshold_txns: int = 100_000  # a follower further behind than this gets a SNAP, not a DIFF
     max_batch_txns: int = 1_000  # txns per Proposal message
+    snap_chunk_bytes: int = 1 << 20  # a SNAP streams in chunks of at most this many bytes
+    snap_window_chunks: int = 4  # chunks a leader sends beyond the follower's last SnapAck
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,15 +93,29 @@ class TruncateRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SnapshotRecord:
-    """Replace the whole log with this snapshot of the state at ``zxid`` (a SNAP)."""
+class SnapshotChunkRecord:
+    """Part of a snapshot being received (a SNAP streams): ``data`` goes at ``offset``
+    of the staged image of ``zxid``. Staged only: nothing counts until the
+    :class:`SnapshotRecord` that completes it. ``offset`` 0 starts a new staging."""
 
     seq: int
     zxid: Zxid
+    offset: int
     data: bytes
 
 
-Record = LogEntry | EpochRecord | TruncateRecord | SnapshotRecord
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotRecord:
+    """Install the staged snapshot of ``zxid`` (``size`` bytes whose sha256 is
+    ``digest``), replacing the whole log, atomically (a SNAP completed)."""
+
+    seq: int
+    zxid: Zxid
+    size: int
+    digest: bytes
+
+
+Record = LogEntry | EpochRecord | TruncateRecord | SnapshotChunkRecord | SnapshotRecord
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,8 +132,9 @@ class Output:
     send: list[Envelope] = field(default_factory=list)
     persist: list[Record] = field(default_factory=list)  # in seq order
     # Committed txns, durable locally, to apply in this order. When ``install``
-    # is set, the application first replaces its state with that snapshot.
-    install: tuple[Zxid, bytes] | None = None
+    # is set, the application first replaces its state with the durable snapshot of
+    # that zxid (which a SnapshotRecord just installed).
+    install: Zxid | None = None
     deliver: list[tuple[Zxid, bytes]] = field(default_factory=list)
     roles: list[RoleChange] = field(default_factory=list)
     app: list[tuple[int, bytes]] = field(default_factory=list)  # (source, payload), in arrival order
@@ -158,6 +176,8 @@ class DurableState(Protocol):
         """
         ...
 
-    def snapshot(self) -> tuple[Zxid, bytes]:
-        """The application state at the newest *delivered* zxid, serialised (for SNAP)."""
+    def snapshot(self) -> tuple[Zxid, Iterator[bytes]]:
+        """The application state at the newest *delivered* zxid, serialised lazily in
+        pieces of any size (for SNAP: the leader streams it in bounded chunks and never
+        holds the whole image)."""
         ...

@@ -29,6 +29,7 @@ import trio
 import client
 from coord import protocol
 from coord.config import load_config
+from coord.peer_handshake import PEER_PROTOCOL_VERSION
 from coord.protocol import HEADER, CreateRequest, GetDataRequest, encode_frame
 from coord.testing import Ensemble, open_ensemble
 from coord.zab.codec import encode_message
@@ -43,7 +44,7 @@ def frame(body: bytes) -> bytes:
 
 
 def hello(server_id: int, ensemble_id: bytes) -> bytes:
-    return encode_frame({"coord_peer": 1, "server_id": server_id, "ensemble_id": ensemble_id})
+    return encode_frame({"coord_peer": PEER_PROTOCOL_VERSION, "server_id": server_id, "ensemble_id": ensemble_id})
 
 
 def forwarded_create(path: str) -> list[Any]:

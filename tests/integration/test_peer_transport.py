@@ -20,6 +20,7 @@ import trio
 
 from coord import transport as transport_module
 from coord.config import EnsembleConfig, EnsembleMember
+from coord.peer_handshake import PEER_PROTOCOL_VERSION
 from coord.protocol import HEADER, encode_frame
 from coord.testing.faults import IsolationGate
 from coord.transport import LinkGate, PeerTransport, bind_peer_listeners, listener_address
@@ -34,7 +35,9 @@ def frame(data: bytes) -> bytes:
 
 
 def hello(server_id: object = 3, ensemble_id: object = ENSEMBLE_ID, **extra: object) -> bytes:
-    return encode_frame({"coord_peer": 1, "server_id": server_id, "ensemble_id": ensemble_id, **extra})
+    return encode_frame(
+        {"coord_peer": PEER_PROTOCOL_VERSION, "server_id": server_id, "ensemble_id": ensemble_id, **extra}
+    )
 
 
 class Cluster:
@@ -241,7 +244,10 @@ async def test_the_same_transport_can_serve_again_after_it_stopped() -> None:
         (hello("3"), "server_id must be an integer"),
         (hello(3, "digest"), "ensemble_id must be bytes"),
         (hello(3, secret=b"x"), "not a peer handshake"),
-        (encode_frame({"coord_peer": 2, "server_id": 3, "ensemble_id": ENSEMBLE_ID}), "unsupported peer protocol"),
+        (
+            encode_frame({"coord_peer": PEER_PROTOCOL_VERSION - 1, "server_id": 3, "ensemble_id": ENSEMBLE_ID}),
+            "unsupported peer protocol",
+        ),
         (encode_frame([1, 3, ENSEMBLE_ID]), "not a peer handshake"),
         (frame(cbor2.dumps({"coord_peer": 1}) + b"\x00"), "stray bytes"),
         (frame(b"\xff\xfe garbage"), "malformed CBOR"),

@@ -28,11 +28,12 @@ seed and the step.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Iterator
 
 import cbor2
 
-from coord.zab.types import EpochRecord, LogEntry, Record, SnapshotRecord, TruncateRecord, Zxid
+from coord.zab.types import EpochRecord, LogEntry, Record, SnapshotChunkRecord, SnapshotRecord, TruncateRecord, Zxid
 from coord.zxid import log_follows
 from tests.sim.trace import zxid_str
 
@@ -77,6 +78,7 @@ class FakeDisk:
         # Set by the owner: returns the application state for ``snapshot()``.
         self.app_snapshot = app_snapshot
         self.problems: list[str] = []  # disk-level invariant violations, drained by the checker
+        self.staged: tuple[Zxid, bytearray] | None = None  # a SNAP being received (lost at a crash)
 
     # --- DurableState ------------------------------------------------------------
 
@@ -106,10 +108,12 @@ class FakeDisk:
         """The zxid the application state loaded at the core's start-up covers (the base then)."""
         return self.loaded_zxid
 
-    def snapshot(self) -> tuple[Zxid, bytes]:
-        """The application state at the newest delivered zxid (kept by the simulator)."""
+    def snapshot(self) -> tuple[Zxid, Iterator[bytes]]:
+        """The application state at the newest delivered zxid (kept by the simulator), in
+        pieces of 50 bytes (the leader cuts them into its own chunk size)."""
         assert self.app_snapshot is not None, "FakeDisk.app_snapshot not wired"
-        return self.app_snapshot()
+        zxid, data = self.app_snapshot()
+        return zxid, (data[start : start + 50] for start in range(0, len(data), 50))
 
     # --- what the checker asks --------------------------------------------------------
 
@@ -158,6 +162,7 @@ class FakeDisk:
         if keep:
             seq, removed = self.flush(keep)
         self.pending = []
+        self.staged = None  # the restart discards a SNAP staged but not installed
         return seq, removed
 
     def apply(self, record: Record) -> Removed:
@@ -199,8 +204,23 @@ class FakeDisk:
                 for gone, _ in removed:
                     del self.log_index[gone]
                 return removed
-            case SnapshotRecord(zxid=zxid, data=data):
-                state = decode_state(data)
+            case SnapshotChunkRecord(zxid=zxid, offset=offset, data=data):
+                if offset == 0:
+                    self.staged = (zxid, bytearray())
+                if self.staged is None or self.staged[0] != zxid or len(self.staged[1]) != offset:
+                    self.problems.append(f"s{self.server_id}: snapshot chunk {zxid_str(zxid)}@{offset} out of order")
+                    return []
+                self.staged[1].extend(data)
+                return []
+            case SnapshotRecord(zxid=zxid, size=size, digest=digest):
+                staged, self.staged = self.staged, None
+                if staged is None or staged[0] != zxid or len(staged[1]) != size:
+                    self.problems.append(f"s{self.server_id}: snapshot {zxid_str(zxid)} installed, not staged whole")
+                    return []
+                if hashlib.sha256(staged[1]).digest() != digest:
+                    self.problems.append(f"s{self.server_id}: snapshot {zxid_str(zxid)}: digest mismatch")
+                    return []
+                state = decode_state(bytes(staged[1]))
                 top = state[-1][0] if state else 0
                 if top != zxid:
                     self.problems.append(

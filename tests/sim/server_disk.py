@@ -10,10 +10,11 @@ would take but recovery would refuse later.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Iterator
 
 from coord.tree import DataTree
-from coord.zab.types import EpochRecord, LogEntry, Record, SnapshotRecord, TruncateRecord, Zxid
+from coord.zab.types import EpochRecord, LogEntry, Record, SnapshotChunkRecord, SnapshotRecord, TruncateRecord, Zxid
 from coord.zxid import log_follows
 from tests.sim.trace import zxid_str
 
@@ -43,6 +44,7 @@ class TreeDisk:
         self.loaded_zxid: Zxid = 0  # the snapshot the running core's tree was loaded from
         self.current_tree: Callable[[], DataTree] | None = None
         self.problems: list[str] = []
+        self.staged: tuple[Zxid, bytearray] | None = None  # a SNAP being received (lost at a crash)
 
     # --- DurableState ---------------------------------------------------------------
 
@@ -68,10 +70,17 @@ class TreeDisk:
     def applied_zxid(self) -> Zxid:
         return self.loaded_zxid
 
-    def snapshot(self) -> tuple[Zxid, bytes]:
+    def snapshot(self) -> tuple[Zxid, Iterator[bytes]]:
         assert self.current_tree is not None
         tree = self.current_tree()
-        return tree.last_zxid, DataTree.serialize_image(tree.image())
+        return tree.last_zxid, DataTree.image_pieces(tree.image())
+
+    def load_tree(self, zxid: Zxid) -> DataTree:
+        """The tree of the durable snapshot of ``zxid`` (after a SNAP installed it)."""
+        for held, data in self.snapshots:
+            if held == zxid:
+                return DataTree.from_pieces(data[start : start + 1000] for start in range(0, len(data), 1000))
+        raise AssertionError(f"s{self.server_id}: no snapshot {zxid_str(zxid)} to load")
 
     # --- the write queue --------------------------------------------------------------
 
@@ -92,6 +101,7 @@ class TreeDisk:
         if keep:
             self.flush(keep)
         self.pending = []
+        self.staged = None  # the restart discards a SNAP staged but not installed
 
     def _truncate_after(self, zxid: Zxid) -> None:
         keep = bisect.bisect_right(self.log_zxids, zxid)
@@ -133,8 +143,22 @@ class TreeDisk:
                 if zxid < self.base:
                     self.problems.append(f"s{sid}: truncate to {zxid_str(zxid)} below the base {zxid_str(self.base)}")
                 self._truncate_after(zxid)
-            case SnapshotRecord(zxid=zxid, data=data):
-                self._store_snapshot(zxid, data)
+            case SnapshotChunkRecord(zxid=zxid, offset=offset, data=data):
+                if offset == 0:
+                    self.staged = (zxid, bytearray())
+                if self.staged is None or self.staged[0] != zxid or len(self.staged[1]) != offset:
+                    self.problems.append(f"s{sid}: snapshot chunk {zxid_str(zxid)}@{offset} out of order")
+                    return
+                self.staged[1].extend(data)
+            case SnapshotRecord(zxid=zxid, size=size, digest=digest):
+                staged, self.staged = self.staged, None
+                if staged is None or staged[0] != zxid or len(staged[1]) != size:
+                    self.problems.append(f"s{sid}: snapshot {zxid_str(zxid)} installed, not staged whole")
+                    return
+                if hashlib.sha256(staged[1]).digest() != digest:
+                    self.problems.append(f"s{sid}: snapshot {zxid_str(zxid)}: digest mismatch")
+                    return
+                self._store_snapshot(zxid, bytes(staged[1]))
                 top = self.log_zxids[-1] if self.log_zxids else self.base
                 self._truncate_after(max(self.base, min(zxid, top)))
                 self._purge_through(zxid)

@@ -64,6 +64,8 @@ class ServerSimOptions:
     max_down: int = 1  # crashes leave at least servers - max_down up (crash_all ignores it)
     init_limit_ticks: int = 10
     sync_limit_ticks: int = 4
+    snap_chunk_bytes: int = 1 << 20  # a SNAP streams in chunks this large
+    snap_window_chunks: int = 4
 
     @classmethod
     def from_seed(cls, seed: int, servers: int = 3, *, one_way: bool = True) -> ServerSimOptions:
@@ -77,24 +79,41 @@ class ServerSimOptions:
         delays = "delays" in faults
         one_way_prob = rng.choice((0.3, 0.6))  # drawn either way: one_way=True is the same mix plus one-way cuts
         disk = "disk_delays" in faults
+        clients = rng.choice((2, 4, 6, 8))
+        delay_max = rng.choice((5, 20, 50)) if delays else 3
+        slow_prob = rng.choice((0.0, 0.01, 0.05)) if delays else 0.0
+        stale_prob = rng.choice((0.0, 0.05)) if "link_breaks" in faults else 0.0
+        client_delay_max = rng.choice((5, 20, 40)) if delays else 3
+        disk_max = tuple(rng.choice((5, 20, 60, 150)) for _ in range(servers)) if disk else ()
+        partial_flush_prob = rng.choice((0.0, 0.3)) if disk else 0.0
+        crash_keep_prob = rng.choice((0.0, 0.3, 0.7))
+        fault_mean = rng.choice((100, 250, 500))
+        op_mean = rng.choice((10, 30, 80))
+        snapshot_every_txns = rng.choice((5, 20, 100, 1_000_000))
+        clock_skew = rng.choice((0.0, 0.05, 0.1))
+        # Drawn after the others (a seed keeps its mix): SNAPs in many small chunks, or one.
+        snap_chunk_bytes = rng.choice((256, 4096, 1 << 20))
+        snap_window_chunks = rng.choice((2, 4))
         return cls(
             seed=seed,
             servers=servers,
             faults=faults,
-            clients=rng.choice((2, 4, 6, 8)),
-            delay_max=rng.choice((5, 20, 50)) if delays else 3,
-            slow_prob=rng.choice((0.0, 0.01, 0.05)) if delays else 0.0,
-            stale_prob=rng.choice((0.0, 0.05)) if "link_breaks" in faults else 0.0,
-            client_delay_max=rng.choice((5, 20, 40)) if delays else 3,
-            disk_max=tuple(rng.choice((5, 20, 60, 150)) for _ in range(servers)) if disk else (),
-            partial_flush_prob=rng.choice((0.0, 0.3)) if disk else 0.0,
-            crash_keep_prob=rng.choice((0.0, 0.3, 0.7)),
-            fault_mean=rng.choice((100, 250, 500)),
-            op_mean=rng.choice((10, 30, 80)),
+            clients=clients,
+            delay_max=delay_max,
+            slow_prob=slow_prob,
+            stale_prob=stale_prob,
+            client_delay_max=client_delay_max,
+            disk_max=disk_max,
+            partial_flush_prob=partial_flush_prob,
+            crash_keep_prob=crash_keep_prob,
+            fault_mean=fault_mean,
+            op_mean=op_mean,
             one_way_prob=one_way_prob if one_way else 0.0,
-            snapshot_every_txns=rng.choice((5, 20, 100, 1_000_000)),
-            clock_skew=rng.choice((0.0, 0.05, 0.1)),
+            snapshot_every_txns=snapshot_every_txns,
+            clock_skew=clock_skew,
             max_down=(servers - 1) // 2,
+            snap_chunk_bytes=snap_chunk_bytes,
+            snap_window_chunks=snap_window_chunks,
         )
 
     def describe(self) -> str:
@@ -105,5 +124,6 @@ class ServerSimOptions:
             f"delay<={self.delay_max} slow={self.slow_prob} stale={self.stale_prob} client_delay<="
             f"{self.client_delay_max} disk<={list(self.disk_max) or 3} partial={self.partial_flush_prob} "
             f"keep={self.crash_keep_prob} fault_mean={self.fault_mean} op_mean={self.op_mean} "
-            f"one_way={self.one_way_prob} snapshot_every={self.snapshot_every_txns} skew={self.clock_skew}"
+            f"one_way={self.one_way_prob} snapshot_every={self.snapshot_every_txns} skew={self.clock_skew} "
+            f"snap_chunk={self.snap_chunk_bytes}x{self.snap_window_chunks}"
         )

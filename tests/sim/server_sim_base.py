@@ -112,6 +112,8 @@ class SimulationBase:
             voters=tuple(self.ids),
             init_limit_ticks=self.options.init_limit_ticks,
             sync_limit_ticks=self.options.sync_limit_ticks,
+            snap_chunk_bytes=self.options.snap_chunk_bytes,
+            snap_window_chunks=self.options.snap_window_chunks,
         )
 
 

@@ -46,7 +46,7 @@ from coord.zab.peer import Peer
 from coord.zab.types import DurableState, Envelope, EpochRecord, Output, PeerConfig, Role, Zxid
 from tests.sim.broken import roles_with
 from tests.sim.checkers import Checker
-from tests.sim.disk import AppState, FakeDisk, decode_state, encode_state
+from tests.sim.disk import AppState, FakeDisk, encode_state
 from tests.sim.network import InFlight, Network
 from tests.sim.trace import format_event, zxid_str
 
@@ -183,6 +183,9 @@ class SimOptions:
         if aggressive:  # buggify (drawn last): crashes in the windows of an epoch change
             role_crash_prob = rng.choice((0.0, 0.0, 0.1, 0.3))
             epoch_crash_prob = rng.choice((0.05, 0.2, 0.5, 0.5))
+        # Drawn after everything else: a SNAP streams in chunks this small (or in one).
+        config.append(("snap_chunk_bytes", rng.choice((64, 512, 1 << 20))))
+        config.append(("snap_window_chunks", rng.choice((2, 4, 8))))
         return cls(
             seed=seed,
             servers=servers,
@@ -613,12 +616,13 @@ class Simulation:
             server.disk.append(out.persist)
             self._schedule_flush(server)
         if out.install is not None:
-            zxid, data = out.install
-            try:
-                state = decode_state(data)
-            except ValueError as error:
-                self.checker.fail(f"s{sid}: installs an undecodable snapshot: {error}")
-                state = []
+            zxid = out.install
+            # The application reloads from the snapshot that was just made durable.
+            if server.disk.base_zxid != zxid:
+                self.checker.fail(
+                    f"s{sid}: installs {zxid_str(zxid)}, its disk holds {zxid_str(server.disk.base_zxid)}"
+                )
+            state = list(server.disk.base)
             self.note("install", sid, zxid, len(state))
             self.checker.on_install(sid, server.app, zxid, state)
             server.app = state

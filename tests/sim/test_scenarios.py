@@ -37,10 +37,16 @@ def test_transcript_is_unchanged(path: Path) -> None:
         pytest.fail(f"{path.name} changed (COORD_UPDATE_TRANSCRIPTS=1 to accept):\n{diff}", pytrace=False)
 
 
+def scenario_for(settings: dict[str, str]) -> Scenario:
+    """A fresh scenario with a transcript's ``servers`` and ``config`` settings."""
+    config = tuple((key, int(value)) for key, value in (item.split("=") for item in settings.get("config", "").split()))
+    return Scenario(int(settings.get("servers", "3")), config=config)
+
+
 def durable_writes(path: Path) -> int:
     """How many durable writes the scenario's clean run makes."""
     settings, script = parse_transcript(path.read_text())
-    scenario = Scenario(int(settings.get("servers", "3")))
+    scenario = scenario_for(settings)
     for kind, line in script:
         if kind == "command":
             scenario.run(line)
@@ -57,7 +63,7 @@ def test_crash_at_every_durable_write(path: Path) -> None:
     assert total > 5
     for point in range(1, total + 1):
         for after in (False, True):
-            scenario = Scenario(int(settings.get("servers", "3")))
+            scenario = scenario_for(settings)
             scenario.sim.crash_at_flush = (point, after)
             try:
                 for kind, line in script:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import pytest
 
-from coord.zab.types import Envelope, EpochRecord, LogEntry, Role, SnapshotRecord, TruncateRecord
+from coord.zab.types import Envelope, EpochRecord, LogEntry, Role, SnapshotChunkRecord, SnapshotRecord, TruncateRecord
 from coord.zxid import make_zxid
 from tests.sim.checkers import Checker
 from tests.sim.disk import FakeDisk, decode_state, encode_state
@@ -47,12 +48,31 @@ def test_disk_truncate_and_snapshot_report_what_they_remove() -> None:
     assert disk.apply(TruncateRecord(seq=4, zxid=z(1, 1))) == [(z(1, 2), b"t2"), (z(1, 3), b"t3")]
     assert disk.contains(z(1, 1)) and not disk.contains(z(1, 2))
     state = [(z(1, 1), b"t1"), (z(2, 1), b"u1")]
-    removed = disk.apply(SnapshotRecord(seq=5, zxid=z(2, 1), data=encode_state(state)))
+    image = encode_state(state)
+    assert disk.apply(SnapshotChunkRecord(seq=5, zxid=z(2, 1), offset=0, data=image[:5])) == []
+    assert disk.apply(SnapshotChunkRecord(seq=6, zxid=z(2, 1), offset=5, data=image[5:])) == []
+    assert disk.contains(z(1, 1)) and disk.entries_after(z(1, 1)) == [], "staged chunks change nothing"
+    digest = hashlib.sha256(image).digest()
+    removed = disk.apply(SnapshotRecord(seq=7, zxid=z(2, 1), size=len(image), digest=digest))
     assert removed == []  # t1 is covered by the snapshot
     assert disk.holds(z(1, 1), b"t1") and disk.holds(z(2, 1), b"u1") and not disk.holds(z(2, 1), b"x")
     assert disk.entries_after(0) is None  # purged
     assert disk.entries_after(z(2, 1)) == []
     assert disk.problems == []
+
+
+def test_disk_refuses_a_snapshot_not_staged_whole_and_a_crash_discards_the_staging() -> None:
+    image = encode_state([(z(1, 1), b"t1")])
+    digest = hashlib.sha256(image).digest()
+    disk = FakeDisk(1)
+    disk.apply(SnapshotChunkRecord(seq=1, zxid=z(1, 1), offset=0, data=image[:3]))
+    disk.apply(SnapshotRecord(seq=2, zxid=z(1, 1), size=len(image), digest=digest))
+    assert disk.base_zxid == 0 and len(disk.problems) == 1, disk.problems
+    disk = FakeDisk(1)
+    disk.append([SnapshotChunkRecord(seq=1, zxid=z(1, 1), offset=0, data=image)])
+    disk.crash(keep=1)
+    disk.apply(SnapshotRecord(seq=2, zxid=z(1, 1), size=len(image), digest=digest))
+    assert disk.base_zxid == 0 and len(disk.problems) == 1, disk.problems
 
 
 def test_disk_reports_gaps_and_epochs_going_back() -> None:

@@ -11,7 +11,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from coord.zab.types import EpochRecord, LogEntry, Record, RoleChange, SnapshotRecord, TruncateRecord, Zxid
+from coord.zab.types import (
+    EpochRecord,
+    LogEntry,
+    Record,
+    RoleChange,
+    SnapshotChunkRecord,
+    SnapshotRecord,
+    TruncateRecord,
+    Zxid,
+)
 from coord.zxid import counter_of, epoch_of
 
 
@@ -80,8 +89,10 @@ def format_record(record: Record) -> str:
             return "epoch " + " ".join(parts)
         case TruncateRecord(zxid=zxid):
             return f"trunc {zxid_str(zxid)}"
-        case SnapshotRecord(zxid=zxid, data=data):
-            return f"snap {zxid_str(zxid)} <{len(data)}B>"
+        case SnapshotChunkRecord(zxid=zxid, offset=offset, data=data):
+            return f"snap-chunk {zxid_str(zxid)} @{offset} <{len(data)}B>"
+        case SnapshotRecord(zxid=zxid, size=size):
+            return f"snap {zxid_str(zxid)} <{size}B>"
     return repr(record)
 
 

@@ -1,7 +1,10 @@
-"""Snapshots on a real file system in tmp_path: atomic writes, header truth, damage, purge."""
+"""Snapshots on a real file system in tmp_path: atomic writes, header truth, damage, purge,
+and streamed snapshots (staged in chunks, committed, read back in pieces)."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import logging
 import os
 import struct
@@ -9,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from coord.errors import StorageError, StorageFullError
 from coord.storage import SnapshotStore
 from coord.storage.snapshot import MAGIC
 from coord.zxid import make_zxid
@@ -200,3 +204,207 @@ def test_out_of_range_zxid_is_refused(store: SnapshotStore) -> None:
 def test_snapshots_survive_a_new_store_object(tmp_path: Path) -> None:
     SnapshotStore(tmp_path / "s").write(z(4, 4), b"kept")
     assert SnapshotStore(tmp_path / "s").latest() == (z(4, 4), b"kept")
+
+
+# --- streamed snapshots: stage, commit, read back in pieces --------------------------
+
+
+def stage_in_chunks(store: SnapshotStore, zxid: int, payload: bytes, chunk: int) -> None:
+    for offset in range(0, len(payload), chunk):
+        store.stage(zxid, offset, payload[offset : offset + chunk])
+
+
+def temp_files(store: SnapshotStore) -> list[str]:
+    return sorted(name for name in os.listdir(store.directory) if name.startswith("."))
+
+
+def test_staged_snapshot_is_the_file_write_makes(store: SnapshotStore, tmp_path: Path) -> None:
+    payload = os.urandom(300_000)
+    stage_in_chunks(store, z(3, 7), payload, 65_536)
+    assert store.latest() is None  # nothing counts before the commit
+    assert len(temp_files(store)) == 1
+    path = store.commit_staged(z(3, 7), len(payload), hashlib.sha256(payload).digest())
+    written = SnapshotStore(tmp_path / "other").write(z(3, 7), payload)
+    assert path == store.directory / written.name
+    assert path.read_bytes() == written.read_bytes()
+    assert path.stat().st_mode == written.stat().st_mode
+    assert temp_files(store) == []
+    assert store.latest() == (z(3, 7), payload)
+    assert b"".join(store.read_pieces(z(3, 7))) == payload
+
+
+def test_staging_an_empty_payload(store: SnapshotStore) -> None:
+    store.stage(0, 0, b"")
+    store.commit_staged(0, 0, hashlib.sha256(b"").digest())
+    assert store.latest() == (0, b"")
+    assert list(store.read_pieces(0)) == []
+
+
+@pytest.mark.parametrize(
+    ("wrong", "message"),
+    [
+        ("size", "18 bytes as staged, but 19 were announced"),
+        ("digest", "does not match the announced sha256"),
+        ("zxid", "the staging is of 0x200000002"),
+    ],
+)
+def test_a_commit_that_does_not_match_discards_the_staging(store: SnapshotStore, wrong: str, message: str) -> None:
+    store.write(z(1, 1), b"older")
+    payload = b"the staged payload"
+    stage_in_chunks(store, z(2, 2), payload, 5)
+    size, digest, zxid = len(payload), hashlib.sha256(payload).digest(), z(2, 2)
+    if wrong == "size":
+        size += 1
+    elif wrong == "digest":
+        digest = hashlib.sha256(b"something else").digest()
+    else:
+        zxid = z(2, 3)
+    with pytest.raises(StorageError, match=message):
+        store.commit_staged(zxid, size, digest)
+    assert temp_files(store) == []
+    assert [found for found, _ in store.list()] == [z(1, 1)]
+    assert store.latest() == (z(1, 1), b"older")
+    with pytest.raises(StorageError, match="nothing is staged"):  # the staging is gone
+        store.commit_staged(z(2, 2), len(payload), hashlib.sha256(payload).digest())
+
+
+def test_a_chunk_that_does_not_follow_is_refused_and_writes_nothing(store: SnapshotStore) -> None:
+    with pytest.raises(StorageError, match="nothing is staged"):
+        store.stage(z(1, 1), 10, b"late")
+    store.stage(z(1, 1), 0, b"0123456789")
+    (staging,) = temp_files(store)
+    size = (store.directory / staging).stat().st_size
+    for zxid, offset in [(z(1, 1), 9), (z(1, 1), 11), (z(1, 2), 10)]:
+        with pytest.raises(StorageError, match="10 bytes are staged of 0x100000001"):
+            store.stage(zxid, offset, b"X")
+    assert (store.directory / staging).stat().st_size == size
+    store.stage(z(1, 1), 10, b"abc")  # the staging itself is intact
+    payload = b"0123456789abc"
+    store.commit_staged(z(1, 1), len(payload), hashlib.sha256(payload).digest())
+    assert store.latest() == (z(1, 1), payload)
+
+
+def test_offset_zero_starts_over_whatever_was_staged(store: SnapshotStore) -> None:
+    store.stage(z(1, 1), 0, b"first attempt, never finished")
+    store.stage(z(1, 2), 0, b"second")
+    assert len(temp_files(store)) == 1
+    store.stage(z(1, 2), 0, b"third")  # the same zxid from the start again
+    store.stage(z(1, 2), 5, b"!")
+    assert len(temp_files(store)) == 1
+    store.commit_staged(z(1, 2), 6, hashlib.sha256(b"third!").digest())
+    assert store.latest() == (z(1, 2), b"third!")
+
+
+def test_discard_staged_is_idempotent(store: SnapshotStore) -> None:
+    store.discard_staged()
+    store.stage(z(1, 1), 0, b"abc")
+    store.discard_staged()
+    store.discard_staged()
+    assert temp_files(store) == []
+    with pytest.raises(StorageError):
+        store.stage(z(1, 1), 3, b"def")
+
+
+def test_a_staging_left_by_a_crash_is_removed_and_the_older_snapshot_stays(tmp_path: Path) -> None:
+    directory = tmp_path / "snapshots"
+    before = SnapshotStore(directory)
+    before.write(z(1, 10), b"older state")
+    before.stage(z(2, 1), 0, b"half of a")
+    before.stage(z(2, 1), 9, b" snapshot")
+    # the process dies here; a new one starts on the same directory
+    after = SnapshotStore(directory)
+    assert after.latest() == (z(1, 10), b"older state")
+    assert [zxid for zxid, _ in after.list()] == [z(1, 10)]
+    assert len(temp_files(after)) == 1
+    assert after.purge(keep=1) == []
+    assert temp_files(after) == []
+    assert after.latest() == (z(1, 10), b"older state")
+    with pytest.raises(StorageError, match="nothing is staged"):
+        after.commit_staged(z(2, 1), 18, hashlib.sha256(b"half of a snapshot").digest())
+
+
+def test_purge_leaves_the_staging_in_progress_alone(store: SnapshotStore) -> None:
+    store.write(z(1, 10), b"a")
+    store.stage(z(2, 1), 0, b"in progress")
+    assert store.purge(keep=1) == []
+    assert len(temp_files(store)) == 1
+    store.commit_staged(z(2, 1), 11, hashlib.sha256(b"in progress").digest())
+    assert store.purge(keep=1) == [z(1, 10)]
+
+
+def test_each_stage_is_fsynced(store: SnapshotStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    store.stage(z(1, 1), 0, b"a")
+    first = len(synced)
+    assert first >= 1
+    store.stage(z(1, 1), 1, b"b")
+    assert len(synced) == first + 1
+
+
+@pytest.mark.parametrize(("code", "error"), [(errno.ENOSPC, StorageFullError), (errno.EIO, StorageError)])
+def test_a_failed_stage_is_a_storage_error_and_discards_the_staging(
+    store: SnapshotStore, monkeypatch: pytest.MonkeyPatch, code: int, error: type[Exception]
+) -> None:
+    store.stage(z(1, 1), 0, b"abc")
+
+    def failing_pwrite(fd: int, data: object, offset: int) -> int:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "pwrite", failing_pwrite)
+    with pytest.raises(error) as raised:
+        store.stage(z(1, 1), 3, b"def")
+    assert type(raised.value) is error
+    assert temp_files(store) == []
+    monkeypatch.undo()
+    with pytest.raises(StorageError, match="nothing is staged"):
+        store.stage(z(1, 1), 3, b"def")
+
+
+def test_stage_refuses_an_out_of_range_zxid(store: SnapshotStore) -> None:
+    with pytest.raises(ValueError):
+        store.stage(1 << 64, 0, b"")
+
+
+@pytest.mark.parametrize("piece_bytes", [1, 1000, 4096, 1 << 20])
+def test_read_pieces_yields_bounded_pieces_of_the_payload(store: SnapshotStore, piece_bytes: int) -> None:
+    payload = os.urandom(50_000)
+    store.write(z(1, 1), b"another snapshot")
+    store.write(z(1, 2), payload)
+    pieces = list(store.read_pieces(z(1, 2), piece_bytes))
+    assert b"".join(pieces) == payload
+    assert max(len(piece) for piece in pieces) <= piece_bytes
+    assert b"".join(store.read_pieces(z(1, 1))) == b"another snapshot"
+
+
+def test_read_pieces_needs_a_valid_snapshot_of_that_zxid(store: SnapshotStore) -> None:
+    store.write(z(1, 1), b"good")
+    damaged = store.write(z(1, 2), b"damaged")
+    flip_byte(damaged, HEADER_BYTES + 1)
+    pieces = store.read_pieces(z(1, 2))  # lazy: nothing happens until the first piece
+    with pytest.raises(StorageError, match="no valid snapshot 0x100000002"):
+        next(pieces)
+    with pytest.raises(StorageError, match="no valid snapshot 0x100000003"):
+        list(store.read_pieces(z(1, 3)))
+    with pytest.raises(ValueError):
+        list(store.read_pieces(z(1, 1), 0))
+
+
+def test_read_pieces_verifies_before_yielding(store: SnapshotStore) -> None:
+    payload = os.urandom(3 << 20)
+    path = store.write(z(1, 1), payload)
+    flip_byte(path, HEADER_BYTES + len(payload) - 1)  # the last byte: found only at the end
+    yielded: list[bytes] = []
+    with pytest.raises(StorageError):
+        for piece in store.read_pieces(z(1, 1)):
+            yielded.append(piece)
+    assert yielded == []
+
+
+def test_read_pieces_keeps_reading_the_file_it_verified(store: SnapshotStore) -> None:
+    store.write(z(1, 1), b"a" * 5000)
+    pieces = store.read_pieces(z(1, 1), 1000)
+    first = next(pieces)
+    store.write(z(1, 1), b"b" * 5000)  # rewritten (renamed over) meanwhile
+    assert first + b"".join(pieces) == b"a" * 5000

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from coord.errors import NoNodeError
@@ -345,3 +347,117 @@ def test_from_bytes_rejects_an_inconsistent_image() -> None:
         DataTree.from_bytes(DataTree.serialize_image(image))
     with pytest.raises(ValueError):
         DataTree.from_bytes(b"\x83\x01\x02\x03")
+
+
+# --- snapshot images in pieces (a SNAP streams them) --------------------------------
+
+
+def big_sample(nodes: int = 2_500) -> Applier:
+    """More than two chunks of nodes (chunks hold 1000), plus the kinds of build_sample."""
+    a = Applier()
+    build_sample(a)
+    a.apply(create("/many"))
+    for index in range(nodes):
+        a.apply(create(f"/many/n{index:05d}", bytes([index % 256]) * (index % 37)))
+    return a
+
+
+def split(data: bytes, sizes: list[int]) -> list[bytes]:
+    """``data`` cut into pieces of the given sizes, cycling through them."""
+    pieces, offset, index = [], 0, 0
+    while offset < len(data):
+        size = sizes[index % len(sizes)]
+        pieces.append(data[offset : offset + size])
+        offset += size
+        index += 1
+    return pieces
+
+
+def test_image_pieces_join_to_the_serialized_image() -> None:
+    a = big_sample()
+    image = a.tree.image()
+    pieces = list(DataTree.image_pieces(image))
+    assert b"".join(pieces) == DataTree.serialize_image(image)
+    assert len(pieces) == 1 + 3  # the head, then one piece per chunk of 1000 nodes (2,509 nodes)
+    assert len(list(DataTree.image_pieces(DataTree().image()))) == 2  # a fresh tree: the head, one chunk
+    empty = TreeImage(0, {}, {})
+    assert list(DataTree.image_pieces(empty)) == [DataTree.serialize_image(empty)]  # the head alone
+
+
+def test_image_pieces_are_encoded_only_when_asked_for() -> None:
+    a = big_sample()
+    image = a.tree.image()
+    pieces = DataTree.image_pieces(image)
+    first = next(pieces)
+    image.nodes["/many/n02400"] = image.nodes["/many/n02400"].with_data(b"later", 99, 99)  # in the last chunk
+    rest = list(pieces)
+    assert b"later" in rest[-1]
+    assert first == next(DataTree.image_pieces(image))
+
+
+@pytest.mark.parametrize("sizes", [[1], [7], [3, 1000, 1, 65_536, 13, 200_000], [1 << 30]], ids=str)
+def test_from_pieces_of_any_sizes_rebuilds_the_same_tree(sizes: list[int]) -> None:
+    a = big_sample()
+    data = DataTree.serialize_image(a.tree.image())
+    restored = DataTree.from_pieces(iter(split(data, sizes)))
+    assert restored.digest() == a.tree.digest()
+    assert restored.nodes == a.tree.nodes
+    assert restored.sessions == a.tree.sessions
+    assert restored.get_children("/many") == a.tree.get_children("/many")
+    assert restored.ephemerals(1) == ["/app/e"]
+    assert restored.cleanup_candidates(30) == ["/box", "/ttl"]
+
+
+def test_from_pieces_with_random_sizes_and_empty_pieces() -> None:
+    a = big_sample(1_200)
+    data = DataTree.serialize_image(a.tree.image())
+    rng = random.Random(7)
+    for _ in range(5):
+        sizes = [rng.choice([0, 1, 2, rng.randrange(1, 5_000), rng.randrange(1, 100_000)]) for _ in range(50)]
+        pieces = split(data, [size or 1 for size in sizes])
+        pieces = [piece for pair in zip(pieces, [b""] * len(pieces), strict=True) for piece in pair]
+        assert DataTree.from_pieces(pieces).digest() == a.tree.digest()
+
+
+def test_from_pieces_straight_from_image_pieces() -> None:
+    a = big_sample()
+    assert DataTree.from_pieces(DataTree.image_pieces(a.tree.image())).digest() == a.tree.digest()
+    fresh = DataTree()
+    assert DataTree.from_pieces(DataTree.image_pieces(fresh.image())).digest() == fresh.digest()
+
+
+@pytest.mark.parametrize("cut", [0, 1, 2, 40, -500, -1])
+def test_from_pieces_rejects_a_truncated_image(cut: int) -> None:
+    data = DataTree.serialize_image(big_sample().tree.image())
+    with pytest.raises(ValueError, match="malformed tree image"):
+        DataTree.from_pieces(split(data[:cut], [7]))
+
+
+@pytest.mark.parametrize("garbage", [b"\x00", b"\x80", b"more bytes"])
+def test_from_pieces_and_from_bytes_reject_trailing_bytes(garbage: bytes) -> None:
+    data = DataTree.serialize_image(big_sample().tree.image())
+    with pytest.raises(ValueError, match="bytes remain after the last"):
+        DataTree.from_pieces(split(data + garbage, [1000]))
+    with pytest.raises(ValueError, match="bytes remain after the last"):
+        DataTree.from_bytes(data + garbage)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "malformed tree image"),
+        (b"\x80", "malformed tree image: the image is an empty array"),
+        (b"\x01", "malformed tree image: not a CBOR array"),
+        (b"\x9f\xff", "malformed tree image: not a definite-length CBOR array"),
+        (b"\x82\x84\x6acoord-tree\x02\x00\x80\xf6", "malformed tree image: a chunk is not a list"),
+        (b"\x82\x84\x6acoord-tree\x02\x00\x80\x81\x61/", "malformed tree image: a chunk is not a list"),
+        (b"\x82\x84\x6acoord-tree\x02\x00\x80\x82\x61/\x01", "malformed node in tree image"),
+        (b"\x81\x84\x6acoord-tree\x02\x00\x81\x01", "malformed tree image"),
+        (b"\x81\x84\x6acoord-tree\x01\x00\x80", "not a tree image of format 2"),
+        (b"\x81\x84\x6acoord-tree\x02\x00\x80", "tree image has no root"),
+    ],
+)
+def test_from_pieces_rejects_malformed_images(data: bytes, message: str) -> None:
+    for pieces in ([data], split(data, [1])):
+        with pytest.raises(ValueError, match=message):
+            DataTree.from_pieces(pieces)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import replace
+
+import pytest
 
 from coord.zab import (
     Ack,
@@ -17,6 +20,7 @@ from coord.zab import (
     EpochRecord,
     FollowerInfo,
     LogEntry,
+    Message,
     NewEpoch,
     NewLeader,
     Notification,
@@ -27,6 +31,9 @@ from coord.zab import (
     Role,
     RoleChange,
     Snap,
+    SnapAck,
+    SnapEnd,
+    SnapshotChunkRecord,
     SnapshotRecord,
     SyncEntries,
     Trunc,
@@ -35,7 +42,7 @@ from coord.zab import (
     make_zxid,
 )
 
-from .zab_support import MemoryDurable, config_for, envelope, make_follower, of_type, persist_all
+from .zab_support import MemoryDurable, config_for, envelope, make_follower, of_type, persist_all, snap_messages
 
 
 def _joining(me: int = 2, leader: int = 1, *, durable: MemoryDurable | None = None) -> tuple[Peer, int]:
@@ -281,16 +288,59 @@ def test_follower_truncates_to_the_leaders_point() -> None:
 def test_follower_installs_a_snapshot_only_once_durable() -> None:
     durable = MemoryDurable()
     peer, handshake = _synchronising(durable, epoch=5)
-    peer.step(envelope(1, 2, Snap(handshake=handshake, zxid=make_zxid(4, 7), data=b"state")))
+    for message in snap_messages(handshake, make_zxid(4, 7), b"state", chunk_bytes=2):
+        peer.step(envelope(1, 2, message))
     entries = SyncEntries(handshake=handshake, previous_zxid=make_zxid(4, 7), zxid=make_zxid(4, 8), txns=(b"h",))
     peer.step(envelope(1, 2, entries))
     out = peer.take_output()
     assert out.install is None
-    assert out.persist[0] == SnapshotRecord(seq=out.persist[0].seq, zxid=make_zxid(4, 7), data=b"state")
-    peer.persisted(out.persist[0].seq)
+    chunks = [record for record in out.persist if isinstance(record, SnapshotChunkRecord)]
+    assert [(record.offset, record.data) for record in chunks] == [(0, b"st"), (2, b"at"), (4, b"e")]
+    [installed] = [record for record in out.persist if isinstance(record, SnapshotRecord)]
+    assert (installed.zxid, installed.size, installed.digest) == (make_zxid(4, 7), 5, hashlib.sha256(b"state").digest())
+    assert installed.seq > chunks[-1].seq
+    peer.persisted(installed.seq)
     out = peer.take_output()
-    assert out.install == (make_zxid(4, 7), b"state")
+    assert out.install == make_zxid(4, 7)
     assert peer.last_delivered_zxid == make_zxid(4, 7)
+
+
+def test_follower_acknowledges_snap_chunks_once_durable() -> None:
+    durable = MemoryDurable()
+    peer, handshake = _synchronising(durable, epoch=5)
+    for message in snap_messages(handshake, make_zxid(4, 7), b"abcdefgh", chunk_bytes=3)[:3]:
+        peer.step(envelope(1, 2, message))  # Snap and two chunks
+    out = peer.take_output()
+    assert of_type(out, SnapAck) == [], "nothing durable yet"
+    first, second = out.persist
+    peer.persisted(first.seq)
+    assert of_type(peer.take_output(), SnapAck) == [SnapAck(handshake=handshake, offset=3)]
+    peer.persisted(second.seq)
+    assert of_type(peer.take_output(), SnapAck) == [SnapAck(handshake=handshake, offset=6)]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["a chunk out of order", "a chunk lost", "the wrong digest", "the wrong size", "entries before its end"],
+)
+def test_follower_gives_up_on_a_damaged_snap_and_installs_nothing(damage: str) -> None:
+    durable = MemoryDurable()
+    peer, handshake = _synchronising(durable, epoch=5)
+    snap, first, second, third, end = snap_messages(handshake, make_zxid(4, 7), b"abcdefgh", chunk_bytes=3)
+    assert isinstance(end, SnapEnd)
+    entries = SyncEntries(handshake=handshake, previous_zxid=make_zxid(4, 7), zxid=make_zxid(4, 8), txns=(b"h",))
+    stream = {
+        "a chunk out of order": [snap, second, first, third, end],
+        "a chunk lost": [snap, first, third, end],
+        "the wrong digest": [snap, first, second, third, replace(end, digest=bytes(32))],
+        "the wrong size": [snap, first, second, third, replace(end, size=9)],
+        "entries before its end": [snap, first, second, entries],
+    }[damage]
+    for message in stream:
+        peer.step(envelope(1, 2, message))
+    out = peer.take_output()
+    assert peer.role is Role.LOOKING
+    assert not any(isinstance(record, SnapshotRecord) for record in out.persist)
 
 
 def test_follower_gives_up_when_newleader_finds_its_log_incomplete() -> None:
@@ -334,10 +384,12 @@ def test_snapshot_replaces_what_the_application_replayed_at_start_up() -> None:
     durable = MemoryDurable(accepted_epoch=1, current_epoch=1, log=[(make_zxid(1, 1), b"a"), (make_zxid(1, 2), b"b")])
     peer, handshake = _synchronising(durable, epoch=3)
     assert peer.last_delivered_zxid == make_zxid(1, 2)
-    peer.step(envelope(1, 2, Snap(handshake=handshake, zxid=make_zxid(1, 1), data=b"state at (1, 1)")))
+    for message in snap_messages(handshake, make_zxid(1, 1), b"state at (1, 1)"):
+        peer.step(envelope(1, 2, message))
     peer.step(envelope(1, 2, NewLeader(epoch=3, zxid=make_zxid(1, 1), handshake=handshake)))
     persist_all(peer, peer.take_output(), durable)
-    assert peer.take_output().install == (make_zxid(1, 1), b"state at (1, 1)")
+    assert peer.take_output().install == make_zxid(1, 1)
+    assert durable.snapshot_data == b"state at (1, 1)"
     peer.step(envelope(1, 2, UpToDate(epoch=3, zxid=make_zxid(1, 1), handshake=handshake)))
     peer.step(envelope(1, 2, Proposal(zxid=make_zxid(3, 1), txns=(b"c",))))
     peer.step(envelope(1, 2, Commit(zxid=make_zxid(3, 1))))
@@ -349,7 +401,8 @@ def test_snapshot_replaces_what_the_application_replayed_at_start_up() -> None:
 def test_follower_reports_the_application_state_a_snapshot_in_flight_will_leave() -> None:
     durable = MemoryDurable()
     peer, handshake = _synchronising(durable, epoch=5)
-    peer.step(envelope(1, 2, Snap(handshake=handshake, zxid=make_zxid(4, 7), data=b"state")))
+    for message in snap_messages(handshake, make_zxid(4, 7), b"state"):
+        peer.step(envelope(1, 2, message))
     peer.take_output()  # the snapshot record is not durable yet
     for _ in range(10):
         peer.tick()  # the sync times out
@@ -372,3 +425,37 @@ def test_follower_gives_up_when_a_sync_run_was_lost_across_an_epoch_boundary() -
     )
     assert peer.take_output().persist == []
     assert peer.role is Role.LOOKING
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        "a DIFF from a zxid we do not end at",
+        "a TRUNC to a zxid we do not hold",
+        "a TRUNC below what we applied",
+        "a TRUNC past our log",
+        "a SNAP of an epoch we never accepted",
+        "entries of an epoch we never accepted",
+    ],
+)
+def test_a_wrong_sync_from_the_leader_makes_the_follower_give_up_and_never_raises(wrong: str) -> None:
+    """Issue: no single peer can take a server down. These were asserts once."""
+    durable = MemoryDurable(accepted_epoch=1, current_epoch=1, log=[(make_zxid(1, 1), b"a"), (make_zxid(1, 2), b"b")])
+    peer, handshake = _synchronising(durable, epoch=5)
+    assert peer.last_delivered_zxid == make_zxid(1, 2)
+    messages: list[Message] = {
+        "a DIFF from a zxid we do not end at": [Diff(handshake=handshake, zxid=make_zxid(1, 1))],
+        "a TRUNC to a zxid we do not hold": [Trunc(handshake=handshake, zxid=make_zxid(0, 7))],
+        "a TRUNC below what we applied": [Trunc(handshake=handshake, zxid=make_zxid(1, 1))],
+        "a TRUNC past our log": [Trunc(handshake=handshake, zxid=make_zxid(1, 9))],
+        "a SNAP of an epoch we never accepted": [Snap(handshake=handshake, zxid=make_zxid(9, 1))],
+        "entries of an epoch we never accepted": [
+            Diff(handshake=handshake, zxid=make_zxid(1, 2)),
+            SyncEntries(handshake=handshake, previous_zxid=make_zxid(1, 2), zxid=make_zxid(7, 1), txns=(b"x",)),
+        ],
+    }[wrong]
+    for message in messages:
+        peer.step(envelope(1, 2, message))
+    out = peer.take_output()
+    assert peer.role is Role.LOOKING, wrong
+    assert not any(isinstance(record, TruncateRecord | LogEntry | SnapshotRecord) for record in out.persist)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from coord.errors import NotLeaderError
@@ -18,12 +20,16 @@ from coord.zab import (
     LogEntry,
     NewEpoch,
     NewLeader,
+    Peer,
     Ping,
     PingAck,
     Proposal,
     Role,
     RoleChange,
     Snap,
+    SnapAck,
+    SnapChunk,
+    SnapEnd,
     SyncEntries,
     Trunc,
     UpToDate,
@@ -510,3 +516,74 @@ def test_leader_snaps_only_when_its_snapshot_reaches_past_the_shared_point() -> 
         leader, durable, 3, last_zxid=make_zxid(1, 4), accepted_epoch=1, current_epoch=1, handshake=78
     )
     assert of_type(ahead, Snap) == [] and of_type(ahead, Diff) == [Diff(handshake=78, zxid=make_zxid(1, 4))]
+
+
+# --- SNAP as a stream ----------------------------------------------------------------------
+
+
+def _leader_with_purged_log(**config: int) -> tuple[Peer, MemoryDurable]:
+    """An established leader (follower 2 synced by DIFF) whose log is purged through (1, 3)."""
+    durable = MemoryDurable(accepted_epoch=1, current_epoch=1, log=_history(*(make_zxid(1, c) for c in range(1, 4))))
+    durable.app = durable.recover_app()
+    durable.purge_through(make_zxid(1, 3))
+    leader, durable = start_leading(1, durable=durable, **config)
+    connect_follower(leader, durable, 2, last_zxid=make_zxid(1, 3), accepted_epoch=1, current_epoch=1)
+    leader.step(envelope(2, 1, AckNewLeader(epoch=leader.epoch, handshake=77)))
+    persist_all(leader, leader.take_output(), durable)
+    assert leader.is_established_leader
+    return leader, durable
+
+
+def test_a_snap_streams_within_its_window_and_the_entries_follow_its_end() -> None:
+    leader, durable = _leader_with_purged_log(snap_chunk_bytes=4, snap_window_chunks=2)
+    assert durable.app is not None
+    image = durable.app.serialize()
+    out = connect_follower(leader, durable, 3, accepted_epoch=1, current_epoch=1, handshake=78)
+    to_3 = [envelope.message for envelope in out.send if envelope.target == 3]
+    assert to_3[0] == Snap(handshake=78, zxid=make_zxid(1, 3))
+    assert [(chunk.offset, chunk.data) for chunk in of_type(out, SnapChunk)] == [(0, image[:4]), (4, image[4:8])]
+    assert of_type(out, NewLeader) == [] and of_type(out, SnapEnd) == []
+    # A write during the SNAP goes to the synced follower only; the SNAP's follower gets it
+    # with the entries after the snapshot.
+    zxid = leader.propose(b"during")
+    out = leader.take_output()
+    assert [envelope.target for envelope in out.send if isinstance(envelope.message, Proposal)] == [2]
+    assert of_type(out, SnapChunk) == []  # the window is full
+    received = image[:8]
+    acked = 0
+    for _ in range(100):
+        acked += 4
+        leader.step(envelope(3, 1, SnapAck(handshake=78, offset=min(acked, len(image)))))
+        out = leader.take_output()
+        received += b"".join(chunk.data for chunk in of_type(out, SnapChunk))
+        if of_type(out, SnapEnd):
+            break
+    [end] = of_type(out, SnapEnd)
+    assert received == image and end.size == len(image)
+    assert end.digest == hashlib.sha256(image).digest()
+    [entries] = of_type(out, SyncEntries)
+    assert (entries.previous_zxid, entries.zxid, entries.txns) == (make_zxid(1, 3), zxid, (b"during",))
+    assert of_type(out, NewLeader) == [NewLeader(epoch=leader.epoch, zxid=zxid, handshake=78)]
+
+
+def test_a_snap_never_runs_ahead_of_the_acknowledgements() -> None:
+    leader, durable = _leader_with_purged_log(snap_chunk_bytes=4, snap_window_chunks=2)
+    out = connect_follower(leader, durable, 3, accepted_epoch=1, current_epoch=1, handshake=78)
+    assert len(of_type(out, SnapChunk)) == 2
+    for stale in (0, 9, 400):  # none of these moves the window (nothing or more than was sent)
+        leader.step(envelope(3, 1, SnapAck(handshake=78, offset=stale)))
+        leader.step(envelope(3, 1, SnapAck(handshake=79, offset=8)))  # another attempt's
+    assert of_type(leader.take_output(), SnapChunk) == []
+
+
+def test_a_stalled_snap_is_dropped_and_frees_its_follower() -> None:
+    leader, durable = _leader_with_purged_log(snap_chunk_bytes=4, snap_window_chunks=2, init_limit_ticks=5)
+    connect_follower(leader, durable, 3, accepted_epoch=1, current_epoch=1, handshake=78)
+    dropped: list[int] = []
+    for _ in range(8):
+        leader.tick()
+        out = leader.take_output()
+        dropped += out.disconnect
+        for ping in of_type(out, Ping):
+            leader.step(envelope(2, 1, PingAck(epoch=ping.epoch, seq=ping.seq)))
+    assert dropped == [3] and leader.is_established_leader

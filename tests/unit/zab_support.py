@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
@@ -36,6 +38,10 @@ from coord.zab import (
     PeerConfig,
     Record,
     Role,
+    Snap,
+    SnapChunk,
+    SnapEnd,
+    SnapshotChunkRecord,
     SnapshotRecord,
     TruncateRecord,
     UpToDate,
@@ -66,10 +72,11 @@ class App:
     def deserialize(data: bytes) -> list[tuple[Zxid, bytes]]:
         return [(zxid, txn) for zxid, txn in cbor2.loads(data)]
 
-    def apply(self, output: Output) -> None:
+    def apply(self, output: Output, durable: MemoryDurable) -> None:
         if output.install is not None:
-            zxid, data = output.install
-            self.entries = self.deserialize(data)
+            zxid = output.install
+            assert durable.snapshot_zxid == zxid, "installed from the snapshot just made durable"
+            self.entries = self.deserialize(durable.snapshot_data)
             assert self.last_zxid <= zxid
         for zxid, txn in output.deliver:
             assert zxid > self.last_zxid, "deliveries go forward"
@@ -86,6 +93,7 @@ class MemoryDurable:
     snapshot_zxid: Zxid = 0
     snapshot_data: bytes = field(default_factory=lambda: App().serialize())
     app: App | None = None  # whose state snapshot() returns; set by the node
+    staged: bytearray | None = None  # a SNAP being received
 
     def write(self, record: Record) -> None:
         match record:
@@ -100,9 +108,17 @@ class MemoryDurable:
             case TruncateRecord(zxid=zxid):
                 assert zxid >= self.snapshot_zxid
                 self.log = [entry for entry in self.log if entry[0] <= zxid]
-            case SnapshotRecord(zxid=zxid, data=data):
+            case SnapshotChunkRecord(offset=offset, data=data):
+                if offset == 0:
+                    self.staged = bytearray()
+                assert self.staged is not None and len(self.staged) == offset, "chunks in order"
+                self.staged.extend(data)
+            case SnapshotRecord(zxid=zxid, size=size, digest=digest):
+                assert self.staged is not None and len(self.staged) == size
+                assert hashlib.sha256(self.staged).digest() == digest
                 self.log = []
-                self.snapshot_zxid, self.snapshot_data = zxid, data
+                self.snapshot_zxid, self.snapshot_data = zxid, bytes(self.staged)
+                self.staged = None
 
     def last_zxid(self) -> Zxid:
         return self.log[-1][0] if self.log else self.snapshot_zxid
@@ -115,9 +131,9 @@ class MemoryDurable:
     def contains(self, zxid: Zxid) -> bool:
         return zxid <= self.snapshot_zxid or any(entry[0] == zxid for entry in self.log)
 
-    def snapshot(self) -> tuple[Zxid, bytes]:
+    def snapshot(self) -> tuple[Zxid, Iterator[bytes]]:
         assert self.app is not None
-        return self.app.last_zxid, self.app.serialize()
+        return self.app.last_zxid, iter([self.app.serialize()])
 
     def purge_through(self, zxid: Zxid) -> None:
         """Take a snapshot of the application at ``zxid`` and drop the log up to it."""
@@ -200,7 +216,7 @@ class Cluster:
                 did_something = True
                 node.roles.extend((change.role, change.leader, change.epoch) for change in output.roles)
                 node.barriers.extend(output.barriers)
-                node.app.apply(output)
+                node.app.apply(output, node.durable)
                 for envelope in output.send:
                     self.sent.append(envelope)
                     if (envelope.source, envelope.target) not in self.cut:
@@ -458,3 +474,13 @@ def make_leader(
 
 def zxid(epoch: int, counter: int) -> Zxid:
     return make_zxid(epoch, counter)
+
+
+def snap_messages(handshake: int, zxid: Zxid, data: bytes, chunk_bytes: int = 4) -> list[Snap | SnapChunk | SnapEnd]:
+    """What a leader streams for a SNAP of ``data`` at ``zxid``."""
+    chunks = [
+        SnapChunk(handshake=handshake, offset=start, data=data[start : start + chunk_bytes])
+        for start in range(0, len(data), chunk_bytes)
+    ]
+    end = SnapEnd(handshake=handshake, size=len(data), digest=hashlib.sha256(data).digest())
+    return [Snap(handshake=handshake, zxid=zxid), *chunks, end]
