@@ -33,16 +33,25 @@ class LogDurableState:
         snapshot_zxid: the zxid of the snapshot the application state was loaded from.
         current_tree: returns the application's tree as it is now (for SNAP).
         snapshots: the server's snapshot store (to load a SNAP once it is installed).
+        applied_zxid: the zxid the application state holds at start (default: the
+            snapshot's; later when the log after it was replayed, as on a standalone server).
     """
 
     def __init__(
-        self, log: TxnLog, snapshot_zxid: Zxid, current_tree: Callable[[], DataTree], *, snapshots: SnapshotStore
+        self,
+        log: TxnLog,
+        snapshot_zxid: Zxid,
+        current_tree: Callable[[], DataTree],
+        *,
+        snapshots: SnapshotStore,
+        applied_zxid: Zxid | None = None,
     ) -> None:
         self.log = log
         self.snapshots = snapshots
         self.accepted_epoch = log.get_meta(ACCEPTED_EPOCH) or 0
         self.current_epoch = log.get_meta(CURRENT_EPOCH) or 0
         self._snapshot_zxid = snapshot_zxid
+        self._applied_zxid = snapshot_zxid if applied_zxid is None else applied_zxid
         self._current_tree = current_tree
 
     def _base(self) -> Zxid:
@@ -65,8 +74,12 @@ class LogDurableState:
             return True
         return self.log.get(zxid) is not None
 
-    def applied_zxid(self) -> Zxid:
+    @property
+    def snapshot_zxid(self) -> Zxid:
         return self._snapshot_zxid
+
+    def applied_zxid(self) -> Zxid:
+        return self._applied_zxid
 
     def snapshot(self) -> tuple[Zxid, Iterator[bytes]]:
         """The tree as of now (its image is taken at once), serialised lazily: each

@@ -494,6 +494,7 @@ class DataTree:
         tree._ephemerals = ephemerals
         tree._containers = containers = set()
         tree._ttls = ttls = set()
+        last_cz = last_ct = -1
         while True:
             try:
                 chunk: Any = next(items, _END)
@@ -508,6 +509,23 @@ class DataTree:
                 for path, fields in zip(pairs, pairs, strict=True):
                     (node_data, cz, mz, ct, mt, v, cv, av, owner, nc, pz, mode, ttl) = fields
                     mode = _MODES[mode]
+                    # Share equal ints as the live tree does (a create stores one zxid as
+                    # czxid, mzxid and pzxid, one time as ctime and mtime; the nodes of one
+                    # multi, adjacent by path, share both): a zxid or a time is a 32-byte
+                    # object, and a decoder makes a new one for every field.
+                    if cz == last_cz:
+                        cz = last_cz
+                    if ct == last_ct:
+                        ct = last_ct
+                    if mz == cz:
+                        mz = cz
+                    if pz == mz:
+                        pz = mz
+                    elif pz == cz:
+                        pz = cz
+                    if mt == ct:
+                        mt = ct
+                    last_cz, last_ct = cz, ct
                     nodes[path] = _new_tuple(Node, (node_data, cz, mz, ct, mt, v, cv, av, owner, nc, pz, mode, ttl))
                     if path != "/":
                         parent_path = parent_of(path)

@@ -73,6 +73,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
     },
     "storage": {
         "snapshot_every_txns": _Key(_field("snapshot_every_txns")),
+        "snapshot_every_bytes": _Key(_field("snapshot_every_bytes")),
         "snapshots_retained": _Key(_field("snapshots_retained")),
         "log_map_bytes": _Key(_field("log_map_bytes", _check_log_map_bytes)),
     },

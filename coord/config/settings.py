@@ -86,6 +86,7 @@ class ServerConfig:
     max_session_timeout_ms: int = 20000  # default 20 ticks
     data_bytes_max: int = 1 << 20
     snapshot_every_txns: int = 100_000
+    snapshot_every_bytes: int = 64 << 20
     snapshots_retained: int = 3
     log_map_bytes: int = 1 << 30
     max_connections: int = 10_000

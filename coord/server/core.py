@@ -92,6 +92,7 @@ class ServerCore:
         *,
         delivered_zxid: int,
         snapshot_every_txns: int,
+        snapshot_every_bytes: int = 64 << 20,
         standalone: bool,
         rng: random.Random,
         peer_frame_bytes_max: int = PEER_FRAME_BYTES_MAX,
@@ -102,7 +103,9 @@ class ServerCore:
         durable: the durable state ZAB reads and appends to (its records are written
             by the shell from :attr:`CoreOutput.persist`).
         delivered_zxid: the zxid the recovered tree holds.
-        snapshot_every_txns: ask for a snapshot after this many applied txns.
+        snapshot_every_txns: ask for a snapshot after this many applied txns,
+        snapshot_every_bytes: or after this many bytes of them (a multi of 500 creates is one
+            txn: counting txns alone let the log a restart replays grow without bound).
         standalone: an ensemble of one (no peers).
         rng: randomness for the ZAB core (election jitter).
         peer_frame_bytes_max: the largest peer message the transport carries.
@@ -113,6 +116,8 @@ class ServerCore:
         self._peer_config = peer_config
         self._rng = rng
         self._snapshot_every_txns = snapshot_every_txns
+        self._snapshot_every_bytes = snapshot_every_bytes
+        self._since_snapshot_bytes = 0
         self._peer_frame_bytes_max = peer_frame_bytes_max
         self.zab = Peer(peer_config, durable, rng, delivered_zxid=delivered_zxid)
         self._durable = durable
@@ -280,6 +285,7 @@ class ServerCore:
 
     def snapshot_taken(self) -> None:
         self._since_snapshot = 0
+        self._since_snapshot_bytes = 0
 
     # --- the pump -----------------------------------------------------------------------
 
@@ -363,7 +369,11 @@ class ServerCore:
                 txns = [own.pop(zxid) if zxid in own else decode_txn(data) for zxid, data in zout.deliver]
                 pipeline.committed(txns)
                 self._since_snapshot += len(txns)
-                if self._since_snapshot >= self._snapshot_every_txns:
+                self._since_snapshot_bytes += sum(len(data) for _, data in zout.deliver)
+                if (
+                    self._since_snapshot >= self._snapshot_every_txns
+                    or self._since_snapshot_bytes >= self._snapshot_every_bytes
+                ):
                     self._out.snapshot_due = True
             for source, payload in zout.app:
                 busy = True

@@ -54,6 +54,7 @@ TOML_KEYS: dict[str, tuple[str, str]] = {
     "min_session_timeout_ms": ("sessions", "min_timeout_ms"),
     "max_session_timeout_ms": ("sessions", "max_timeout_ms"),
     "snapshot_every_txns": ("storage", "snapshot_every_txns"),
+    "snapshot_every_bytes": ("storage", "snapshot_every_bytes"),
     "snapshots_retained": ("storage", "snapshots_retained"),
     "log_map_bytes": ("storage", "log_map_bytes"),
     "data_bytes_max": ("limits", "data_bytes_max"),
