@@ -72,7 +72,7 @@ import logging
 import os
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
@@ -165,6 +165,51 @@ class SnapshotStore:
                 self._writing.discard(temp_name)
         log.info("wrote snapshot %s (%d bytes of payload)", final, len(payload_view))
         return final
+
+    def write_pieces(self, zxid: int, pieces: Iterable[bytes]) -> int:
+        """Like :meth:`write`, for a payload given as pieces (a large tree's periodic
+        snapshot, serialised a chunk at a time): never the whole payload in memory.
+
+        The pieces go to a temp file behind room for the header; then the payload is
+        read back once for the digest (which covers its length, known only at the end),
+        the header written, the file fsynced and renamed, the directory fsynced.
+
+        Returns:
+            The payload's size in bytes.
+
+        Raises:
+            ValueError: ``zxid`` is outside 0..2**64-1.
+            StorageFullError: no space left on the device; nothing was stored.
+            StorageError: another I/O error; nothing was stored.
+        """
+        if not 0 <= zxid < _ZXID_LIMIT:
+            raise ValueError(f"zxid {zxid} is out of range")
+        with self._lock:
+            name = f"{_TEMP_PREFIX}{zxid:016x}.{os.getpid()}.{next(self._temp_ids)}{_TEMP_SUFFIX}"
+            self._writing.add(name)
+        staging = _Staging(zxid, name)
+        temp = self.directory / name
+        try:
+            hasher = hashlib.sha256()
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with open(fd, "wb") as file:
+                file.write(bytes(_HEADER.size))
+                for piece in pieces:
+                    file.write(piece)
+                    hasher.update(piece)
+                    staging.size += len(piece)
+            final = self._install_staged(staging, staging.size, hasher.digest())
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            raise _storage_error(exc, "write", zxid, self.directory) from exc
+        except BaseException:  # a StorageError, or the pieces failed: nothing stays behind
+            temp.unlink(missing_ok=True)
+            raise
+        finally:
+            with self._lock:
+                self._writing.discard(name)
+        log.info("wrote snapshot %s (%d bytes of payload)", final, staging.size)
+        return staging.size
 
     def stage(self, zxid: int, offset: int, data: bytes) -> None:
         """Durably write ``data`` at ``offset`` of the payload of a snapshot being received.

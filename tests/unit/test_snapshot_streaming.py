@@ -214,3 +214,22 @@ def test_array_items_decode_lazily_from_any_pieces() -> None:
 def test_array_items_refuse_what_is_not_one_array(data: bytes, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         list(array_items([data]))
+
+
+def test_write_pieces_makes_the_file_write_makes_and_leaves_nothing_when_the_pieces_fail(tmp_path: Path) -> None:
+    payload = bytes(range(256)) * 40
+    pieces = [payload[start : start + 777] for start in range(0, len(payload), 777)]
+    one, two = SnapshotStore(tmp_path / "one"), SnapshotStore(tmp_path / "two")
+    path = one.write(0x105, payload)
+    assert two.write_pieces(0x105, iter(pieces)) == len(payload)
+    assert (tmp_path / "two" / path.name).read_bytes() == path.read_bytes()
+    assert two.latest() == (0x105, payload)
+
+    def broken() -> Iterator[bytes]:
+        yield pieces[0]
+        raise ValueError("the image could not be serialised")
+
+    with pytest.raises(ValueError, match="serialised"):
+        two.write_pieces(0x106, broken())
+    assert sorted(entry.name for entry in (tmp_path / "two").iterdir()) == [path.name]
+    assert two.latest() == (0x105, payload)
