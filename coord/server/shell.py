@@ -62,6 +62,8 @@ OPTIMIZED_REFUSAL = (
 """Why :func:`open_server` refuses to start when ``__debug__`` is False."""
 STANDALONE_TICK_MS = 20
 """The ZAB tick of an ensemble of one (it only paces its own election)."""
+STORAGE_RETRY_MIN_S = 0.05  # the second retry after a failed disk write; doubling from there
+STORAGE_RETRY_MAX_S = 1.0  # at most this long between retries while the disk keeps failing
 
 
 class Server(ClientConnections):
@@ -154,6 +156,7 @@ class Server(ClientConnections):
         self.address: tuple[str, int] = ("", 0)
         self.snapshots_taken = 0
         self.last_storage_error: str | None = None
+        self._storage_failures = 0  # failed disk writes in a row (backoff)
         self._ready = trio.Event()
 
     # --- public ---------------------------------------------------------------------
@@ -309,6 +312,7 @@ class Server(ClientConnections):
             except (StorageError, CoordError) as error:
                 await self._storage_failed(error)
                 continue
+            self._storage_failures = 0
             self.core.persisted(records[-1].seq, self._now_ms())
             self._carry_out()
 
@@ -320,10 +324,22 @@ class Server(ClientConnections):
         is durable. A standalone server re-elects itself at once (that writes its new epoch).
         """
         self.last_storage_error = str(error)
-        log.error("storage write failed: %s; rejoining from the durable state", error)
+        self._storage_failures += 1
+        # Back off while the disk keeps failing (a full disk): each attempt costs a
+        # reopened log, an election or a DIFF, a failed commit and log lines, and they
+        # came back to back, hundreds a second. The first retry is at once.
+        delay = min(STORAGE_RETRY_MAX_S, STORAGE_RETRY_MIN_S * 2 ** (self._storage_failures - 1))
+        delay = 0.0 if self._storage_failures == 1 else delay
+        log.error(
+            "storage write failed: %s; rejoining from the durable state%s",
+            error,
+            f" in {delay:.2f} s (failure {self._storage_failures} in a row)" if delay else "",
+        )
         self._records = []
         self.core.storage_failed(error)
         self._carry_out()
+        if delay:
+            await trio.sleep(delay)  # the core is suspended meanwhile: writes get the storage error
         if isinstance(error, StorageError) or self._log.refuses_writes:
             # After an I/O error (or a full disk) the log refuses writes until reopened.
             # The snapshotter's purge must not touch it meanwhile.
