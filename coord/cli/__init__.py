@@ -5,6 +5,8 @@
     coord serve [--config FILE.toml] [--data-dir DIR] [--listen HOST:PORT]
     coord ensemble [--size 3] [--data-dir DIR] [--base-port P]
     coord status [--server HOST:PORT,...]
+    coord backup [--server HOST:PORT,...] FILE
+    coord restore FILE --data-dir DIR
     coord get PATH | stat PATH | ls PATH | create PATH [DATA] | set PATH DATA | rm PATH | watch PATH
 
 Client commands take ``--server host:port,...`` or the ``COORD_SERVERS``
@@ -18,9 +20,10 @@ Errors are one line on stderr starting with ``coord:``, naming what is wrong (th
 configuration key, the data directory, the address in use); a traceback means a bug.
 
 The commands live in :mod:`coord.cli.serve`, :mod:`coord.cli.ensemble`,
-:mod:`coord.cli.commands` (status and the zkCli-like ones) and :mod:`coord.cli.lock`
-(``lock`` and ``elect``); this module parses the arguments and dispatches. The server
-commands are imported only when run, so the client commands start quickly.
+:mod:`coord.cli.commands` (status and the zkCli-like ones), :mod:`coord.cli.lock`
+(``lock`` and ``elect``) and :mod:`coord.cli.backup` (``backup`` and ``restore``); this
+module parses the arguments and dispatches. The server and storage commands are
+imported only when run, so the client commands start quickly.
 """
 
 from __future__ import annotations
@@ -100,6 +103,11 @@ def _parser() -> argparse.ArgumentParser:
     set_.add_argument("path")
     set_.add_argument("data")
     set_.add_argument("--version", type=int, default=-1)
+    backup = client_command("backup", "write a consistent snapshot of a running server's tree to FILE")
+    backup.add_argument("file", help="the backup file to write (replaced only once complete)")
+    restore = commands.add_parser("restore", help="make a new server's data directory from a backup FILE")
+    restore.add_argument("file", help="a file written by coord backup")
+    restore.add_argument("--data-dir", required=True, help="the data directory to create (absent or empty)")
     lock.add_subcommands(commands)
     return parser
 
@@ -120,11 +128,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             from coord.cli.ensemble import ensemble
 
             return ensemble(args)
+        if args.command == "restore":
+            from coord.cli.backup import restore
+
+            return restore(args)
         if args.command in lock.COMMANDS:
             return lock.run(args)
         args.servers = server_list(args)
         if args.command == "status":
             return trio.run(status, args)
+        if args.command == "backup":
+            from coord.cli.backup import backup
+
+            return trio.run(backup, args)
         return trio.run(client_command, args)
     except ConfigError as error:
         print(f"coord: configuration error: {error}", file=sys.stderr)

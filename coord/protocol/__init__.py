@@ -24,7 +24,8 @@ Framing
 Handshake (maps, because they are rare and must be readable)
     client -> ``{"type": "connect", "protocol": 1, "last_zxid": Z, "session_id": S,
     "password": b"..", "timeout_ms": T}`` (session_id 0 and an empty password ask
-    for a new session), or ``{"type": "status"}`` for the admin status command.
+    for a new session), or ``{"type": "status"}`` / ``{"type": "backup"}`` for the admin
+    status and backup commands (docs/protocol.md).
     server -> ``{"protocol": 1, "session_id": S, "password": b"..", "timeout_ms": T,
     "zxid": Z, "server_id": N}`` or ``{"error": code, "message": ".."}`` and close.
 

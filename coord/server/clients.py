@@ -13,21 +13,31 @@ the shell.
 - The writer (:meth:`ClientConnections._write_loop`) flushes everything queued for the
   connection in one ``send_all`` (replies coalesce under load) and reports the bytes
   sent back to the core.
+
+Two handshakes open no session and never reach the core's pipeline: a status request
+is answered with one map, and a backup request (``coord backup``) with the tree's image
+(:meth:`ClientConnections._send_backup`): taken at once, so it is of one zxid, and sent
+in frames of at most :data:`BACKUP_FRAME_BYTES` as fast as the client takes them,
+each encoded in a worker thread while the server goes on serving.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from coord import protocol
 from coord.config import ServerConfig
-from coord.errors import CoordError, ThrottledOpError, error_for_code
+from coord.errors import CoordError, NotLeaderError, ThrottledOpError, error_for_code
 from coord.protocol import ConnectRequest, FrameReader, ProtocolError, StatusRequest
+from coord.protocol.handshake import BackupEnd, BackupPiece, BackupRequest, BackupStart
 from coord.server.core import ServerCore
+from coord.tree import DataTree, TreeImage
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +45,15 @@ HANDSHAKE_TIMEOUT_S = 10.0
 RECEIVE_BYTES = 256 * 1024
 READ_BATCH_FRAMES = 64
 """Requests handled from one connection before the others get their turn."""
+BACKUP_FRAME_BYTES = 1 << 20
+"""Image bytes in one backup frame: within every client's frame limit (1 MiB + 64 KiB at least)."""
+BACKUP_STALL_S = 60.0
+BACKUPS_AT_ONCE = 2
+"""Backups a server sends at the same time; more are refused. Each holds an image of the
+tree (a shallow copy: about 40 MB for a million znodes) for as long as it takes, and
+the request needs no session, so without a bound anyone reaching the client port could
+pile them up."""
+"""A backup client that takes no frame for this long is given up on (and its image freed)."""
 
 
 class ClientConnection:
@@ -74,6 +93,7 @@ class ClientConnections:
     _conns: dict[int, ClientConnection]
     _ids: itertools.count[int]
     _frame_bytes_max: int
+    _backups_running: int
 
     if TYPE_CHECKING:
 
@@ -118,6 +138,9 @@ class ClientConnections:
         if isinstance(handshake, StatusRequest):
             await stream.send_all(protocol.encode_frame(self.status()))
             return
+        if isinstance(handshake, BackupRequest):
+            await self._send_backup(stream, peer)
+            return
         if len(self._conns) >= self.config.max_connections:
             error: CoordError = ThrottledOpError(f"too many connections ({self.config.max_connections})")
             await stream.send_all(protocol.encode_frame(protocol.handshake_error(error.code, str(error))))
@@ -138,7 +161,7 @@ class ClientConnections:
 
     async def _read_handshake(
         self, stream: trio.SocketStream, reader: FrameReader, peer: str
-    ) -> ConnectRequest | StatusRequest | None:
+    ) -> ConnectRequest | StatusRequest | BackupRequest | None:
         while True:
             try:
                 for body in reader:
@@ -220,6 +243,83 @@ class ClientConnections:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             scope.cancel()
 
+    async def _send_backup(self, stream: trio.SocketStream, peer: str) -> None:
+        """Answer a backup request: the image of the tree as of now, then close.
+
+        Only a serving server answers (it leads, or follows an established leader): the
+        tree of one that is looking may be behind, or hold txns that never committed.
+        """
+        if not self.core.is_serving:
+            error = NotLeaderError("this server is not serving (it has no established leader): back up another one")
+            await stream.send_all(protocol.encode_frame(protocol.handshake_error(error.code, str(error))))
+            return
+        if self._backups_running >= BACKUPS_AT_ONCE:
+            busy = ThrottledOpError(f"{BACKUPS_AT_ONCE} backups are being sent already; try again later")
+            await stream.send_all(protocol.encode_frame(protocol.handshake_error(busy.code, str(busy))))
+            return
+        self._backups_running += 1
+        try:
+            await self._send_backup_image(stream, peer)
+        finally:
+            self._backups_running -= 1
+
+    async def _send_backup_image(self, stream: trio.SocketStream, peer: str) -> None:
+        image = self.core.tree.image()  # shallow: one zxid, however long the sending takes
+        log.info("%s: backup of zxid %#x (%d znodes) begins", peer, image.last_zxid, len(image.nodes))
+        frames = _backup_frames(image, self.config.server_id)
+        sent = 0
+        while (frame := await trio.to_thread.run_sync(next, frames, None)) is not None:
+            with trio.move_on_after(BACKUP_STALL_S) as stall:
+                await stream.send_all(frame)  # waits while the client is slow: the flow control
+            if stall.cancelled_caught:
+                log.info("%s: backup client took nothing for %ss; closing", peer, BACKUP_STALL_S)
+                return
+            sent += len(frame)
+        log.info("%s: backup of zxid %#x sent (%d bytes)", peer, image.last_zxid, sent)
+
+
+def _backup_frames(image: TreeImage, server_id: int) -> Iterator[bytes]:
+    """The frames answering a backup request: start, the image in pieces, end.
+
+    A generator, so that the caller encodes one frame at a time (in a worker thread).
+    The image is the snapshot payload (:meth:`DataTree.image_pieces`): its first piece
+    holds the outer array's head, then each piece is one chunk of nodes; how many
+    chunks went out gives the progress reported in each frame.
+    """
+    encode = protocol.encode_frame
+    nodes = len(image.nodes)
+    yield encode(BackupStart(zxid=image.last_zxid, nodes=nodes, server_id=server_id).to_wire())
+    hasher = hashlib.sha256()
+    size = 0
+    chunks = done = 0
+    buffer = bytearray()
+    for index, piece in enumerate(DataTree.image_pieces(image)):
+        hasher.update(piece)
+        size += len(piece)
+        buffer += piece
+        if index == 0:
+            chunks = _array_length(piece) - 1
+        else:
+            done += 1
+        while len(buffer) >= BACKUP_FRAME_BYTES:
+            data = bytes(buffer[:BACKUP_FRAME_BYTES])
+            del buffer[:BACKUP_FRAME_BYTES]
+            yield encode(BackupPiece(data=data, nodes=nodes * done // max(chunks, 1)).to_wire())
+    if buffer:
+        yield encode(BackupPiece(data=bytes(buffer), nodes=nodes).to_wire())
+    yield encode(BackupEnd(size=size, sha256=hasher.digest()).to_wire())
+
+
+def _array_length(head: bytes) -> int:
+    """The element count of the CBOR array that ``head`` begins (a definite length)."""
+    info = head[0] & 0x1F
+    if head[0] >> 5 != 4 or info > 27:
+        raise ValueError("the tree image does not begin with a CBOR array")
+    if info < 24:
+        return info
+    width = 1 << (info - 24)
+    return int.from_bytes(head[1 : 1 + width], "big")
+
 
 def _peer_name(stream: trio.SocketStream) -> str:
     try:
@@ -229,4 +329,11 @@ def _peer_name(stream: trio.SocketStream) -> str:
     return f"{host}:{port}"
 
 
-__all__ = ["HANDSHAKE_TIMEOUT_S", "READ_BATCH_FRAMES", "RECEIVE_BYTES", "ClientConnections"]
+__all__ = [
+    "BACKUP_FRAME_BYTES",
+    "BACKUP_STALL_S",
+    "HANDSHAKE_TIMEOUT_S",
+    "READ_BATCH_FRAMES",
+    "RECEIVE_BYTES",
+    "ClientConnections",
+]

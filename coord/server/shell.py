@@ -157,6 +157,7 @@ class Server(ClientConnections):
         self.snapshots_taken = 0
         self.last_storage_error: str | None = None
         self._storage_failures = 0  # failed disk writes in a row (backoff)
+        self._backups_running = 0
         self._ready = trio.Event()
 
     # --- public ---------------------------------------------------------------------

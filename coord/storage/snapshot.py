@@ -121,7 +121,7 @@ class SnapshotStore:
         self.directory = Path(directory)
         if not self.directory.is_dir():
             self.directory.mkdir(parents=True, exist_ok=True)
-            _fsync_directory(self.directory.parent)
+            fsync_directory(self.directory.parent)
         self._lock = threading.Lock()
         self._writing: set[str] = set()  # temp files in use: never stale (the staging's too)
         self._temp_ids = itertools.count()
@@ -156,7 +156,7 @@ class SnapshotStore:
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(temp, final)
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
         except OSError as exc:
             temp.unlink(missing_ok=True)
             raise _storage_error(exc, "write", zxid, self.directory) from exc
@@ -445,7 +445,7 @@ class SnapshotStore:
             _pwrite_all(fd, bytes(_HEADER.size), 0)
         finally:
             os.close(fd)
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         return staging
 
     def _install_staged(self, staging: _Staging, size: int, digest: bytes) -> Path:
@@ -475,7 +475,7 @@ class SnapshotStore:
             os.fsync(file.fileno())
         final = self.directory / f"{_PREFIX}{zxid:016x}"
         os.replace(temp, final)
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         return final
 
     def _remove_stale_temp_files(self) -> None:
@@ -581,7 +581,7 @@ def _storage_error(exc: OSError, doing: str, zxid: int, directory: Path) -> Stor
     return StorageError(f"cannot {doing} snapshot {zxid:#x} in {directory}: {exc}")
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     """Make renames and new entries in ``directory`` durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
