@@ -18,8 +18,6 @@ write is still there, also after a restart.
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -113,28 +111,6 @@ async def test_a_full_log_map_gets_storage_full_until_a_snapshot_frees_it(tmp_pa
             await server.take_snapshot()  # the log purges what the snapshot covers
             await writes_work_again(server, zk, acknowledged)
         await nothing_lost_after_a_restart(config, acknowledged)
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs, unmounted afterwards."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small filesystem needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        if subprocess.run(["umount", str(mount_point)], capture_output=True, check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, check=False)
 
 
 async def test_a_full_disk_gets_storage_full_keeps_reads_and_recovers_when_space_is_freed(small_disk: Path) -> None:
