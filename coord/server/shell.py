@@ -375,9 +375,7 @@ class Server(ClientConnections):
         image = self.tree.image()
         # Serialised a chunk of nodes at a time while it is written: a 200 MB tree's
         # snapshot never holds its whole image in memory.
-        size = await trio.to_thread.run_sync(
-            self._snapshots.write_pieces, image.last_zxid, DataTree.image_pieces(image)
-        )
+        await trio.to_thread.run_sync(self._snapshots.write_pieces, image.last_zxid, DataTree.image_pieces(image))
         await trio.to_thread.run_sync(self._snapshots.purge, self.config.snapshots_retained)
         retained = await trio.to_thread.run_sync(self._snapshots.list)
         if retained:
@@ -389,7 +387,7 @@ class Server(ClientConnections):
             async with self._log_lock:
                 await trio.to_thread.run_sync(self._log.purge_through, min(oldest, self._log.last_zxid))
         self.snapshots_taken += 1
-        log.info("snapshot at zxid %#x (%d bytes)", image.last_zxid, size)
+        log.info("snapshot at zxid %#x taken", image.last_zxid)
         return image.last_zxid
 
     async def _serve_zab_ticks(self) -> None:

@@ -139,34 +139,9 @@ class SnapshotStore:
             StorageFullError: no space left on the device; nothing was stored.
             StorageError: another I/O error; nothing was stored.
         """
-        if not 0 <= zxid < _ZXID_LIMIT:
-            raise ValueError(f"zxid {zxid} is out of range")
-        payload_view = memoryview(payload).cast("B")
-        header = _HEADER.pack(MAGIC, VERSION, zxid, len(payload_view), _digest(zxid, payload_view))
-        final = self.directory / f"{_PREFIX}{zxid:016x}"
-        with self._lock:
-            temp_name = f"{_TEMP_PREFIX}{zxid:016x}.{os.getpid()}.{next(self._temp_ids)}{_TEMP_SUFFIX}"
-            self._writing.add(temp_name)
-        temp = self.directory / temp_name
-        try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with open(fd, "wb") as file:
-                file.write(header)
-                file.write(payload_view)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp, final)
-            fsync_directory(self.directory)
-        except OSError as exc:
-            temp.unlink(missing_ok=True)
-            raise _storage_error(exc, "write", zxid, self.directory) from exc
-        finally:
-            with self._lock:
-                self._writing.discard(temp_name)
-        log.info("wrote snapshot %s (%d bytes of payload)", final, len(payload_view))
-        return final
+        return self.write_pieces(zxid, (payload,))
 
-    def write_pieces(self, zxid: int, pieces: Iterable[bytes]) -> int:
+    def write_pieces(self, zxid: int, pieces: Iterable[bytes]) -> Path:
         """Like :meth:`write`, for a payload given as pieces (a large tree's periodic
         snapshot, serialised a chunk at a time): never the whole payload in memory.
 
@@ -175,7 +150,7 @@ class SnapshotStore:
         the header written, the file fsynced and renamed, the directory fsynced.
 
         Returns:
-            The payload's size in bytes.
+            The snapshot's path (as :meth:`write`).
 
         Raises:
             ValueError: ``zxid`` is outside 0..2**64-1.
@@ -209,7 +184,7 @@ class SnapshotStore:
             with self._lock:
                 self._writing.discard(name)
         log.info("wrote snapshot %s (%d bytes of payload)", final, staging.size)
-        return staging.size
+        return final
 
     def stage(self, zxid: int, offset: int, data: bytes) -> None:
         """Durably write ``data`` at ``offset`` of the payload of a snapshot being received.
