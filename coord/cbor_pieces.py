@@ -33,6 +33,8 @@ _READ_AHEAD: Final = 64 << 10
 
 _ARRAY: Final = 4  # CBOR major type 4: array
 _LENGTH_BYTES: Final = {24: 1, 25: 2, 26: 4, 27: 8}  # additional info -> bytes of the length that follow
+_INDEFINITE: Final = 31  # additional info of an indefinite-length array, whose elements end at a break
+_BREAK: Final = b"\xff"
 
 
 class PieceReader:
@@ -105,8 +107,11 @@ def _read_exactly(reader: PieceReader, size: int) -> bytes:
 
 
 def array_items(pieces: Iterable[bytes]) -> Iterator[Any]:
-    """The elements of the one definite-length CBOR array that ``pieces`` hold, decoded
-    lazily, in order (each as :func:`cbor2.loads` would decode it).
+    """The elements of the one CBOR array that ``pieces`` hold, decoded lazily, in order
+    (each as :func:`cbor2.loads` would decode it).
+
+    The array may have a definite length or an indefinite one (ended by a break
+    byte): a writer that streams elements it has not counted yet uses the latter.
 
     Raises (when the element concerned is asked for):
         ValueError: the stream does not start with an array head, or ends early, or
@@ -118,19 +123,31 @@ def array_items(pieces: Iterable[bytes]) -> Iterator[Any]:
     major, info = initial >> 5, initial & 0x1F
     if major != _ARRAY:
         raise ValueError(f"not a CBOR array (initial byte {initial:#04x})")
+    count: int | None
     if info < 24:
         count = info
     elif info in _LENGTH_BYTES:
         count = int.from_bytes(_read_exactly(reader, _LENGTH_BYTES[info]), "big")
+    elif info == _INDEFINITE:
+        count = None
     else:
-        raise ValueError(f"not a definite-length CBOR array (initial byte {initial:#04x})")
+        raise ValueError(f"not a well-formed CBOR array head (initial byte {initial:#04x})")
     # cbor2 asks for a file (IO[bytes]) and uses only read, seekable and seek of it.
     decoder = cbor2.CBORDecoder(cast("IO[bytes]", reader), read_size=_READ_AHEAD)
-    for _ in range(count):
+    decoded = 0
+    while count is None or decoded < count:
+        if count is None:
+            peek = reader.read(1)
+            if peek == _BREAK:
+                break
+            if not peek:
+                raise ValueError(f"the stream ends inside the array, after {decoded} elements")
+            reader.seek(-1, io.SEEK_CUR)
         try:
             item = decoder.decode()
         except cbor2.CBORDecodeError as error:
             raise ValueError(str(error)) from error
+        decoded += 1
         yield item
     if reader.read(1):
-        raise ValueError(f"bytes remain after the last of the array's {count} elements")
+        raise ValueError(f"bytes remain after the last of the array's {decoded} elements")

@@ -10,6 +10,7 @@ read transaction a consistent view, so that is safe.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 
 from coord.storage import ACCEPTED_EPOCH, CURRENT_EPOCH, SnapshotStore, TxnLog
@@ -53,6 +54,7 @@ class LogDurableState:
         self._snapshot_zxid = snapshot_zxid
         self._applied_zxid = snapshot_zxid if applied_zxid is None else applied_zxid
         self._current_tree = current_tree
+        self._held_tree: DataTree | None = None
 
     def _base(self) -> Zxid:
         """Everything at or before this zxid is only in snapshots, not in the log."""
@@ -87,24 +89,44 @@ class LogDurableState:
         tree = self._current_tree()
         return tree.last_zxid, DataTree.image_pieces(tree.image())
 
+    def hold_tree(self, tree: DataTree) -> None:
+        """Keep the tree :func:`write_records` decoded while installing a SNAP, for the
+        :meth:`load_tree` that follows (so the file is not read and decoded twice)."""
+        self._held_tree = tree
+
     def load_tree(self, zxid: Zxid) -> DataTree:
-        """The tree of the durable snapshot of ``zxid`` (blocking: run it in a worker
-        thread), rebuilt from the file in pieces, never the whole payload in memory.
+        """The tree of the durable snapshot of ``zxid``: the one held by :meth:`hold_tree`
+        if it is of ``zxid``, else rebuilt from the file in pieces (blocking).
 
         Raises:
             StorageError: no valid snapshot of ``zxid`` is stored.
             ValueError: the snapshot verifies but is not a well-formed tree image.
         """
+        held, self._held_tree = self._held_tree, None
+        if held is not None and held.last_zxid == zxid:
+            return held
         return DataTree.from_pieces(self.snapshots.read_pieces(zxid))
 
 
-def write_records(log: TxnLog, snapshots: SnapshotStore, records: Sequence[Record]) -> None:
+def write_records(log: TxnLog, snapshots: SnapshotStore, records: Sequence[Record]) -> DataTree | None:
     """Make ``records`` durable, in order (blocking: run it in a worker thread).
 
     Consecutive log entries go into ONE LMDB write transaction (group commit: one
     fsync for all of them). Raises the storage errors of :mod:`coord.errors`;
     records before the failing one are durable, none after it.
+
+    A :class:`SnapshotRecord` installs a SNAP only if its image decodes, to a tree of
+    its zxid: the tree is built in the same pass over the staged file that checks its
+    digest, here in the worker thread (seconds for a million znodes, during which the
+    event loop keeps running), and returned for :meth:`LogDurableState.hold_tree`.
+    An image that does not decode is a ``StorageError`` like a failed write: nothing
+    is installed, the old snapshot and log stay, and the server rejoins and syncs
+    again, logging why (one bad leader or a bug cannot end this server).
+
+    Returns:
+        The tree of the last SNAP installed, or None.
     """
+    installed: DataTree | None = None
     batch: list[tuple[int, bytes]] = []
     for record in records:
         if type(record) is LogEntry:
@@ -127,9 +149,25 @@ def write_records(log: TxnLog, snapshots: SnapshotStore, records: Sequence[Recor
                 # The snapshot replaces the whole history: install it (its chunks are
                 # staged), then drop every log entry (what it covers, and a suffix the
                 # leader does not have).
-                snapshots.commit_staged(record.zxid, record.size, record.digest)
+                trees: list[DataTree] = []
+                load = functools.partial(_decode_into, trees, record.zxid)
+                snapshots.commit_staged(record.zxid, record.size, record.digest, load=load)
+                installed = trees[0]
                 base = int(log.stats().get("base_zxid", 0))
                 log.truncate_after(max(base, min(record.zxid, log.last_zxid)))
                 log.purge_through(record.zxid)
     if batch:
         log.append(batch)
+    return installed
+
+
+def _decode_into(trees: list[DataTree], zxid: Zxid, pieces: Iterator[bytes]) -> None:
+    """Append the tree a SNAP's image holds to ``trees``; it must be the tree of ``zxid``.
+
+    Raises:
+        ValueError: it is not a well-formed image of the tree of ``zxid``.
+    """
+    tree = DataTree.from_pieces(pieces)
+    if tree.last_zxid != zxid:
+        raise ValueError(f"it holds the tree of {tree.last_zxid:#x}")
+    trees.append(tree)

@@ -340,7 +340,7 @@ class Preparer:
         node = self.node(path)
         if node is None or node.num_children:
             return None
-        used_container = node.mode is _CONTAINER and node.cversion > 0
+        used_container = node.mode == _CONTAINER and node.cversion > 0
         expired_ttl = node.ttl_ms > 0 and node.mtime + node.ttl_ms <= time_ms
         if not (used_container or expired_ttl):
             return None

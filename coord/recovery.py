@@ -52,6 +52,7 @@ from pathlib import Path
 from coord.errors import DataInconsistencyError
 from coord.storage import ACCEPTED_EPOCH, CURRENT_EPOCH, SnapshotStore, TxnLog
 from coord.tree import DataTree
+from coord.tree_image import collector_paused
 from coord.txn import decode_txn
 from coord.zxid import counter_of, epoch_of, log_follows
 
@@ -78,6 +79,7 @@ class Recovered:
     epoch: int
     snapshot_zxid: int
     replayed: int
+    snapshot_bytes: int = 0  # the size of the snapshot file loaded (0: none)
 
 
 def recover(data_dir: Path, *, log_map_bytes: int, replay: bool = True) -> Recovered:
@@ -114,72 +116,93 @@ def recover(data_dir: Path, *, log_map_bytes: int, replay: bool = True) -> Recov
     except DataInconsistencyError as error:  # CorruptLogError: empty, truncated, not LMDB, bad keys
         raise _damaged(data_dir, f"{_about(log_file, error)}: the file is damaged") from error
     try:
-        latest = snapshots.latest()
-        if latest is None:
-            tree = DataTree()
-            snapshot_zxid = 0
-        else:
-            snapshot_zxid, payload = latest
-            try:
-                tree = DataTree.from_bytes(payload)
-            except (ValueError, DataInconsistencyError) as error:
-                raise _damaged(
-                    data_dir, f"the snapshot {snapshot_zxid:#x} in {snapshots.directory} does not decode: {error}"
-                ) from error
-            if tree.last_zxid != snapshot_zxid:
-                raise _damaged(
-                    data_dir,
-                    f"the snapshot {snapshot_zxid:#x} in {snapshots.directory} holds a tree at {tree.last_zxid:#x}",
-                )
-        base = txn_log.base_zxid
-        if base > snapshot_zxid:
-            newest = f"the newest valid one covers {snapshot_zxid:#x}" if latest else "none is valid"
-            raise _damaged(
-                data_dir,
-                f"{log_file} was purged through zxid {base:#x} but no snapshot in {snapshots.directory} reaches it "
-                f"({newest}; files: {', '.join(_snapshot_files(snapshots)) or 'none'}): "
-                "the writes in between are lost",
-            )
-        first = txn_log.first_zxid
-        if first and first > snapshot_zxid + 1 and not _starts_epoch(first, snapshot_zxid):
-            raise _damaged(
-                data_dir,
-                f"{log_file} starts at zxid {first:#x} but the newest snapshot covers only {snapshot_zxid:#x}: "
-                "acknowledged transactions are missing",
-            )
-        replayed = 0
-        previous = snapshot_zxid
-        try:
-            for zxid, data in txn_log.read(snapshot_zxid, verify=True):
-                if previous and not log_follows(previous, zxid):
-                    raise _damaged(data_dir, f"{log_file} has a gap between zxid {previous:#x} and {zxid:#x}")
-                previous = zxid
-                txn = decode_txn(data)
-                if txn.zxid != zxid:
-                    raise _damaged(data_dir, f"{log_file}: entry {zxid:#x} holds a txn for zxid {txn.zxid:#x}")
-                if replay:
-                    tree.apply(txn)
-                    replayed += 1
-            epochs = (txn_log.get_meta(CURRENT_EPOCH) or 0, txn_log.get_meta(ACCEPTED_EPOCH) or 0)
-        except (ValueError, DataInconsistencyError) as error:  # CorruptLogError and malformed txns
-            raise _damaged(data_dir, _about(log_file, error)) from error
-        epoch = max(*epochs, epoch_of(tree.last_zxid))
-        log.info(
-            "recovered snapshot %#x + %d log entries through %#x (%d replayed), epoch %d, %d znodes, %d sessions",
-            snapshot_zxid,
-            txn_log.stats().get("entries", 0),
-            txn_log.last_zxid,
-            replayed,
-            epoch,
-            tree.node_count,
-            len(tree.sessions),
-        )
-        return Recovered(
-            tree=tree, log=txn_log, snapshots=snapshots, epoch=epoch, snapshot_zxid=snapshot_zxid, replayed=replayed
-        )
+        with collector_paused():  # a million nodes built: see coord.tree_image.collector_paused
+            return _rebuild(data_dir, snapshots, txn_log, log_file, replay=replay)
     except BaseException:
         txn_log.close()
         raise
+
+
+def _rebuild(data_dir: Path, snapshots: SnapshotStore, txn_log: TxnLog, log_file: Path, *, replay: bool) -> Recovered:
+    """The tree of the newest valid snapshot plus the log after it (see :func:`recover`)."""
+    try:
+        # One pass over the file: the tree is decoded from the pieces the digest check reads.
+        latest = snapshots.load_latest(DataTree.from_pieces)
+    except (ValueError, DataInconsistencyError) as error:  # a snapshot that verifies but does not decode
+        raise _damaged(data_dir, str(error)) from error
+    if latest is None:
+        tree = DataTree()
+        snapshot_zxid = 0
+    else:
+        snapshot_zxid, tree = latest
+        if tree.last_zxid != snapshot_zxid:
+            raise _damaged(
+                data_dir,
+                f"the snapshot {snapshot_zxid:#x} in {snapshots.directory} holds a tree at {tree.last_zxid:#x}",
+            )
+    base = txn_log.base_zxid
+    if base > snapshot_zxid:
+        newest = f"the newest valid one covers {snapshot_zxid:#x}" if latest else "none is valid"
+        raise _damaged(
+            data_dir,
+            f"{log_file} was purged through zxid {base:#x} but no snapshot in {snapshots.directory} reaches it "
+            f"({newest}; files: {', '.join(_snapshot_files(snapshots)) or 'none'}): "
+            "the writes in between are lost",
+        )
+    first = txn_log.first_zxid
+    if first and first > snapshot_zxid + 1 and not _starts_epoch(first, snapshot_zxid):
+        raise _damaged(
+            data_dir,
+            f"{log_file} starts at zxid {first:#x} but the newest snapshot covers only {snapshot_zxid:#x}: "
+            "acknowledged transactions are missing",
+        )
+    replayed = 0
+    previous = snapshot_zxid
+    try:
+        for zxid, data in txn_log.read(snapshot_zxid, verify=True):
+            if previous and not log_follows(previous, zxid):
+                raise _damaged(data_dir, f"{log_file} has a gap between zxid {previous:#x} and {zxid:#x}")
+            previous = zxid
+            txn = decode_txn(data)
+            if txn.zxid != zxid:
+                raise _damaged(data_dir, f"{log_file}: entry {zxid:#x} holds a txn for zxid {txn.zxid:#x}")
+            if replay:
+                tree.apply(txn)
+                replayed += 1
+        epochs = (txn_log.get_meta(CURRENT_EPOCH) or 0, txn_log.get_meta(ACCEPTED_EPOCH) or 0)
+    except (ValueError, DataInconsistencyError) as error:  # CorruptLogError and malformed txns
+        raise _damaged(data_dir, _about(log_file, error)) from error
+    epoch = max(*epochs, epoch_of(tree.last_zxid))
+    log.info(
+        "recovered snapshot %#x + %d log entries through %#x (%d replayed), epoch %d, %d znodes, %d sessions",
+        snapshot_zxid,
+        txn_log.stats().get("entries", 0),
+        txn_log.last_zxid,
+        replayed,
+        epoch,
+        tree.node_count,
+        len(tree.sessions),
+    )
+    return Recovered(
+        tree=tree,
+        log=txn_log,
+        snapshots=snapshots,
+        epoch=epoch,
+        snapshot_zxid=snapshot_zxid,
+        replayed=replayed,
+        snapshot_bytes=_size_of(snapshots, snapshot_zxid) if latest else 0,
+    )
+
+
+def _size_of(snapshots: SnapshotStore, zxid: int) -> int:
+    """The size of the snapshot file of ``zxid`` (0 if it cannot be seen now)."""
+    for found, path in snapshots.list():
+        if found == zxid:
+            try:
+                return path.stat().st_size
+            except OSError:
+                return 0
+    return 0
 
 
 def _about(log_file: Path, error: Exception) -> str:

@@ -20,18 +20,16 @@ Data layout (chosen for the hot path and for cheap snapshots)
     event loop (a few ms for 100k nodes); the worker thread then serializes that
     copy while the tree keeps changing, and the copy stays consistent at its zxid.
     The image is encoded and decoded a chunk of nodes at a time
-    (:meth:`DataTree.image_pieces`, :meth:`DataTree.from_pieces`), so a SNAP streams a
-    tree of any size without its image ever being whole in memory.
+    (:meth:`DataTree.image_pieces`, :meth:`DataTree.from_pieces`; the format is
+    :mod:`coord.tree_image`'s), so a SNAP streams a tree of any size without its
+    image ever being whole in memory.
     Indexes of ephemerals per session, of containers and of TTL nodes let
     :meth:`ephemerals` and :meth:`cleanup_candidates` answer without scanning.
 
 Where we differ from ZooKeeper
     - Snapshots are exact (the image of one zxid), not fuzzy; replay after a
       snapshot starts right after its ``last_zxid`` and needs no idempotence tricks.
-    - :class:`Node` is a ``NamedTuple``, not a frozen dataclass: on CPython 3.11 a
-      frozen slotted dataclass with 13 fields costs ~3.5 us to construct (every
-      field goes through ``object.__setattr__``), a tuple ~0.5 us, and we build one
-      or two per write. It is just as immutable, and cbor2 encodes it as an array.
+    - :class:`Node` is a ``NamedTuple`` whose ``mode`` is a plain int (why: :mod:`coord.znode`).
     - The node kind is kept in ``mode`` and ``ttl_ms`` rather than packed into the
       bits of ``ephemeral_owner``; ``ephemeral_owner`` is a plain session id or 0.
     - ``num_children`` is stored in the node (ZooKeeper counts its child set).
@@ -47,13 +45,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Set
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple, assert_never
+from typing import Any, Final, assert_never
 
-import cbor2
-
-from coord.cbor_pieces import array_items
 from coord.errors import NoNodeError
 from coord.protocol import CreateMode, EventType, Stat, basename, parent_of
+from coord.tree_image import decode_image, image_pieces
 from coord.txn import (
     CheckTxn,
     CloseSessionTxn,
@@ -65,94 +61,15 @@ from coord.txn import (
     SetDataTxn,
     Txn,
 )
+from coord.znode import CONTAINER_MODE, Node, SessionRecord, TreeImage
 
-_IMAGE_MAGIC: Final = "coord-tree"
-_IMAGE_FORMAT: Final = 2
-
-_new_tuple = tuple.__new__
-_MODES: Final = {int(mode): mode for mode in CreateMode}
-_PERSISTENT: Final = CreateMode.PERSISTENT
-_CONTAINER: Final = CreateMode.CONTAINER
+_PERSISTENT: Final = int(CreateMode.PERSISTENT)
+_CONTAINER: Final = CONTAINER_MODE
 _CREATED: Final = EventType.NODE_CREATED
 _DELETED: Final = EventType.NODE_DELETED
 _DATA_CHANGED: Final = EventType.NODE_DATA_CHANGED
 _CHILDREN_CHANGED: Final = EventType.NODE_CHILDREN_CHANGED
 _NO_CHILDREN: Final[frozenset[str]] = frozenset()
-_END: Final = object()  # what next() gives at the end of the image's elements (None is an element)
-
-
-_CHUNK_NODES = 1000
-"""Nodes per separately encoded chunk of a serialized image (see serialize_image)."""
-
-
-def _array_header(length: int) -> bytes:
-    """The CBOR head of a definite-length array of ``length`` items."""
-    return cbor2.dumps([None] * length)[:-length] if length else b"\x80"
-
-
-class Node(NamedTuple):
-    """One znode: its data and stat fields. Immutable; a change builds a new one.
-
-    The transition methods below are shared with the preparer, so the pending view
-    it keeps is built by exactly the code that will later apply the txn.
-    """
-
-    data: bytes
-    czxid: int
-    mzxid: int
-    ctime: int
-    mtime: int
-    version: int
-    cversion: int
-    aversion: int
-    ephemeral_owner: int
-    num_children: int
-    pzxid: int
-    mode: CreateMode
-    ttl_ms: int
-
-    # Each method unpacks all 13 fields and builds the tuple at once: about 4x faster
-    # than NamedTuple._replace. Short local names, in field order: data, czxid, mzxid,
-    # ctime, mtime, version, cversion, aversion, owner, num_children, pzxid, mode, ttl.
-
-    def stat(self) -> Stat:
-        """The node's :class:`~coord.protocol.Stat` (``data_length`` is ``len(data)``)."""
-        (data, cz, mz, ct, mt, v, cv, av, owner, nc, pz, _, _) = self
-        return Stat(cz, mz, ct, mt, v, cv, av, owner, len(data), nc, pz)
-
-    def stat_wire(self) -> list[int]:
-        """``self.stat().to_wire()`` without building the Stat (the reply hot path)."""
-        (data, cz, mz, ct, mt, v, cv, av, owner, nc, pz, _, _) = self
-        return [cz, mz, ct, mt, v, cv, av, owner, len(data), nc, pz]
-
-    @staticmethod
-    def created(data: bytes, mode: CreateMode, ephemeral_owner: int, ttl_ms: int, zxid: int, time_ms: int) -> Node:
-        """A node as a create at ``zxid`` leaves it."""
-        return _new_tuple(Node, (data, zxid, zxid, time_ms, time_ms, 0, 0, 0, ephemeral_owner, 0, zxid, mode, ttl_ms))
-
-    def with_child_added(self, zxid: int) -> Node:
-        """The parent after a child was created at ``zxid``."""
-        (data, cz, mz, ct, mt, v, cv, av, owner, nc, _, mode, ttl) = self
-        return _new_tuple(Node, (data, cz, mz, ct, mt, v, cv + 1, av, owner, nc + 1, zxid, mode, ttl))
-
-    def with_child_removed(self, zxid: int) -> Node:
-        """The parent after a child was deleted at ``zxid``."""
-        (data, cz, mz, ct, mt, v, cv, av, owner, nc, _, mode, ttl) = self
-        return _new_tuple(Node, (data, cz, mz, ct, mt, v, cv + 1, av, owner, nc - 1, zxid, mode, ttl))
-
-    def with_data(self, data: bytes, zxid: int, time_ms: int) -> Node:
-        """The node after its data was set at ``zxid``."""
-        (_, cz, _, ct, _, v, cv, av, owner, nc, pz, mode, ttl) = self
-        return _new_tuple(Node, (data, cz, zxid, ct, time_ms, v + 1, cv, av, owner, nc, pz, mode, ttl))
-
-
-@dataclass(frozen=True, slots=True)
-class SessionRecord:
-    """A session as the replicated state knows it (expiry is the leader's business)."""
-
-    session_id: int
-    timeout_ms: int
-    password: bytes
 
 
 @dataclass(slots=True)
@@ -171,16 +88,6 @@ class ApplyResult:
     error: int
     result: Any
     events: list[tuple[EventType, str]]
-
-
-@dataclass(frozen=True, slots=True)
-class TreeImage:
-    """What a snapshot captures: the tree as of ``last_zxid``. Cheap to take (shallow
-    copies of immutable values), so it can be serialized in a worker thread."""
-
-    last_zxid: int
-    nodes: dict[str, Node]
-    sessions: dict[int, SessionRecord]
 
 
 class DataTree:
@@ -340,7 +247,7 @@ class DataTree:
         self,
         path: str,
         data: bytes,
-        mode: CreateMode,
+        mode: int,
         owner: int,
         ttl_ms: int,
         zxid: int,
@@ -367,7 +274,7 @@ class DataTree:
                 paths.add(path)
         elif ttl_ms:
             self._ttls.add(path)
-        elif mode is _CONTAINER:
+        elif mode == _CONTAINER:
             self._containers.add(path)
         events.append((_CREATED, path))
         events.append((_CHILDREN_CHANGED, parent_path))
@@ -391,7 +298,7 @@ class DataTree:
                 del self._ephemerals[owner]
         elif node.ttl_ms:
             self._ttls.remove(path)
-        elif node.mode is _CONTAINER:
+        elif node.mode == _CONTAINER:
             self._containers.remove(path)
         events.append((_DELETED, path))
         events.append((_CHILDREN_CHANGED, parent_path))
@@ -410,43 +317,15 @@ class DataTree:
 
     @staticmethod
     def serialize_image(image: TreeImage) -> bytes:
-        """Deterministic bytes of an image: equal trees give equal bytes.
-
-        One CBOR array ``[["coord-tree", 2, last_zxid, sessions], chunk, chunk, ...]``:
-        ``sessions`` is ``[[session_id, timeout_ms, password], ...]`` by id, and each
-        chunk is ``[path, node, path, node, ...]`` of up to 1000 nodes sorted by path
-        (each node the array of :class:`Node`'s fields in order). Touches only the
-        image, so it is safe in a worker thread while the tree keeps changing.
-        """
-        return b"".join(DataTree.image_pieces(image))
+        """Deterministic bytes of an image (:mod:`coord.tree_image`): equal trees give
+        equal bytes. Touches only the image, so it is safe in a worker thread."""
+        return b"".join(image_pieces(image))
 
     @staticmethod
     def image_pieces(image: TreeImage) -> Iterator[bytes]:
-        """The bytes of :meth:`serialize_image`, lazily, in pieces: first the outer
-        array's head with the head item, then each chunk of nodes as it is encoded.
-
-        Nothing is sorted or encoded until the first piece is asked for, and each chunk
-        only when it is, so a SNAP streams a large tree without ever holding its image
-        whole. Touches only the image (safe in a worker thread, a piece at a time).
-        """
-        nodes = image.nodes
-        paths = sorted(nodes)
-        sessions = [
-            [session_id, record.timeout_ms, record.password] for session_id, record in sorted(image.sessions.items())
-        ]
-        head = cbor2.dumps([_IMAGE_MAGIC, _IMAGE_FORMAT, image.last_zxid, sessions])
-        # [head, chunk, chunk, ...] as one definite-length CBOR array.
-        yield _array_header(1 + (len(paths) + _CHUNK_NODES - 1) // _CHUNK_NODES) + head
-        # Encoded in chunks, each its own CBOR array: cbor2's C encoder holds the GIL
-        # for a whole call, so one call over 100k nodes would stall the event loop
-        # for the ~0.5 s it takes; between chunks the trio thread gets its turn.
-        for start in range(0, len(paths), _CHUNK_NODES):
-            flat: list[Any] = []
-            append = flat.append
-            for path in paths[start : start + _CHUNK_NODES]:
-                append(path)
-                append(nodes[path])
-            yield cbor2.dumps(flat)
+        """The bytes of :meth:`serialize_image`, lazily, a chunk of nodes at a time, so
+        a SNAP or a snapshot file streams a tree of any size without holding its image."""
+        return image_pieces(image)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> DataTree:
@@ -459,89 +338,15 @@ class DataTree:
 
     @classmethod
     def from_pieces(cls, pieces: Iterable[bytes]) -> DataTree:
-        """Rebuild a tree from its serialized image given as ``pieces`` of any sizes.
-
-        The pieces are never joined: the image is decoded one element (a chunk of up
-        to 1000 nodes) at a time and each chunk is built into the tree at once, so
-        only the tree, one chunk and one piece are in memory (a follower installs a
-        streamed SNAP from disk this way).
+        """Rebuild a tree from its serialized image given as ``pieces`` of any sizes,
+        decoded a chunk at a time (a follower installs a streamed SNAP from disk this way).
 
         Raises:
             ValueError: the bytes are not a well-formed, self-consistent image (or
                 bytes follow it).
         """
-        items = array_items(pieces)
-        try:
-            head: Any = next(items, _END)
-            if head is _END:
-                raise ValueError("the image is an empty array")
-            (magic, image_format, last_zxid, sessions) = head
-        except (cbor2.CBORDecodeError, ValueError, TypeError) as error:
-            raise ValueError(f"malformed tree image: {error}") from error
-        if magic != _IMAGE_MAGIC or image_format != _IMAGE_FORMAT:
-            raise ValueError(f"not a tree image of format {_IMAGE_FORMAT}: {magic!r:.20} {image_format!r:.20}")
-        tree = cls.__new__(cls)
-        tree.last_zxid = last_zxid
-        nodes: dict[str, Node] = {}
-        tree.nodes = nodes
-        try:
-            tree.sessions = {sid: SessionRecord(sid, timeout_ms, password) for sid, timeout_ms, password in sessions}
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"malformed tree image: {error}") from error
-        children: dict[str, set[str]] = {}
-        ephemerals: dict[int, set[str]] = {}
-        tree._children = children
-        tree._ephemerals = ephemerals
-        tree._containers = containers = set()
-        tree._ttls = ttls = set()
-        last_cz = last_ct = -1
-        while True:
-            try:
-                chunk: Any = next(items, _END)
-                if chunk is _END:
-                    break
-                if type(chunk) is not list or len(chunk) % 2:
-                    raise ValueError("a chunk is not a list of paths and nodes")
-            except (cbor2.CBORDecodeError, ValueError, TypeError) as error:
-                raise ValueError(f"malformed tree image: {error}") from error
-            pairs = iter(chunk)
-            try:
-                for path, fields in zip(pairs, pairs, strict=True):
-                    (node_data, cz, mz, ct, mt, v, cv, av, owner, nc, pz, mode, ttl) = fields
-                    mode = _MODES[mode]
-                    # Share equal ints as the live tree does (a create stores one zxid as
-                    # czxid, mzxid and pzxid, one time as ctime and mtime; the nodes of one
-                    # multi, adjacent by path, share both): a zxid or a time is a 32-byte
-                    # object, and a decoder makes a new one for every field.
-                    if cz == last_cz:
-                        cz = last_cz
-                    if ct == last_ct:
-                        ct = last_ct
-                    if mz == cz:
-                        mz = cz
-                    if pz == mz:
-                        pz = mz
-                    elif pz == cz:
-                        pz = cz
-                    if mt == ct:
-                        mt = ct
-                    last_cz, last_ct = cz, ct
-                    nodes[path] = _new_tuple(Node, (node_data, cz, mz, ct, mt, v, cv, av, owner, nc, pz, mode, ttl))
-                    if path != "/":
-                        parent_path = parent_of(path)
-                        names = children.get(parent_path)
-                        if names is None:
-                            children[parent_path] = {basename(path)}
-                        else:
-                            names.add(basename(path))
-                    if owner:
-                        ephemerals.setdefault(owner, set()).add(path)
-                    elif ttl:
-                        ttls.add(path)
-                    elif mode is _CONTAINER:
-                        containers.add(path)
-            except (TypeError, ValueError, KeyError) as error:
-                raise ValueError(f"malformed node in tree image: {error}") from error
+        decoded = decode_image(pieces)
+        nodes, children = decoded.nodes, decoded.children
         if "/" not in nodes:
             raise ValueError("tree image has no root")
         for path, names in children.items():
@@ -550,6 +355,14 @@ class DataTree:
                 raise ValueError(f"tree image is inconsistent at {path!r}")
         if sum(node.num_children for node in nodes.values()) != len(nodes) - 1:
             raise ValueError("tree image is inconsistent: child counts do not add up")
+        tree = cls.__new__(cls)
+        tree.last_zxid = decoded.last_zxid
+        tree.nodes = nodes
+        tree.sessions = decoded.sessions
+        tree._children = children
+        tree._ephemerals = decoded.ephemerals
+        tree._containers = decoded.containers
+        tree._ttls = decoded.ttls
         return tree
 
     def digest(self) -> str:

@@ -176,7 +176,7 @@ def _encode_body(body: TxnBody) -> list[Any]:
 
 
 def _decode_body(item: list[Any]) -> TxnBody:
-    kind = TxnKind(item[0])
+    kind = _KINDS[item[0]]  # a dict, not TxnKind(...): an enum call costs more than the rest of a create
     match kind:
         case TxnKind.CREATE_SESSION:
             return CreateSessionTxn(timeout_ms=item[1], password=item[2])
@@ -186,7 +186,7 @@ def _decode_body(item: list[Any]) -> TxnBody:
             return CreateTxn(
                 path=item[1],
                 data=item[2],
-                mode=CreateMode(item[3]),
+                mode=_MODES[item[3]],
                 ephemeral_owner=item[4],
                 ttl_ms=item[5],
                 parents=tuple(item[6]),
@@ -198,15 +198,24 @@ def _decode_body(item: list[Any]) -> TxnBody:
         case TxnKind.CHECK:
             return CheckTxn(path=item[1])
         case TxnKind.MULTI:
-            ops = tuple(_decode_body(op) for op in item[1])
-            assert all(isinstance(op, CreateTxn | DeleteTxn | SetDataTxn | CheckTxn) for op in ops)
-            return MultiTxn(ops=ops)  # type: ignore[arg-type]
+            ops: list[MultiTxnOp] = []
+            for op in item[1]:
+                body = _decode_body(op)
+                if type(body) not in _MULTI_OPS:
+                    raise TypeError(f"a multi holds a {type(body).__name__}")
+                ops.append(body)  # type: ignore[arg-type]  # checked just above
+            return MultiTxn(ops=tuple(ops))
         case TxnKind.ERROR:
             message = item[3] if len(item) > 3 else ""
             if type(message) is not str:
                 raise TypeError("an error txn's message must be a string")
             return ErrorTxn(code=item[1], multi_codes=tuple(item[2]), message=message)
     raise ValueError(f"unknown txn kind {kind}")  # pragma: no cover
+
+
+_KINDS: dict[int, TxnKind] = {int(kind): kind for kind in TxnKind}
+_MODES: dict[int, CreateMode] = {int(mode): mode for mode in CreateMode}
+_MULTI_OPS: frozenset[type] = frozenset({CreateTxn, DeleteTxn, SetDataTxn, CheckTxn})
 
 
 def encode_txn(txn: Txn) -> bytes:

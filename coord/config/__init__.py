@@ -15,7 +15,7 @@ A complete file, with every key at its default (all keys are optional)::
 
     [storage]
     snapshot_every_txns = 100000    # take a snapshot after this many txns
-    snapshot_every_bytes = 67108864 # ... or after this many bytes of txns (64 MiB): bounds the log a restart replays
+    snapshot_every_bytes = 67108864 # ... or at most this many bytes of txns (64 MiB; sooner for a small tree)
     snapshots_retained = 3          # snapshots (and the log they need) kept on disk
     log_map_bytes = 1073741824      # LMDB map size: the most the log can ever hold (1 MiB..1 TiB)
 

@@ -38,6 +38,7 @@ from coord.protocol import ConnectRequest, FrameReader, ProtocolError, StatusReq
 from coord.protocol.handshake import BackupEnd, BackupPiece, BackupRequest, BackupStart
 from coord.server.core import ServerCore
 from coord.tree import DataTree, TreeImage
+from coord.tree_image import CHUNK_NODES
 
 log = logging.getLogger(__name__)
 
@@ -283,42 +284,29 @@ def _backup_frames(image: TreeImage, server_id: int) -> Iterator[bytes]:
 
     A generator, so that the caller encodes one frame at a time (in a worker thread).
     The image is the snapshot payload (:meth:`DataTree.image_pieces`): its first piece
-    holds the outer array's head, then each piece is one chunk of nodes; how many
-    chunks went out gives the progress reported in each frame.
+    holds the head, then each piece is one chunk of up to CHUNK_NODES nodes (fewer only
+    where large data splits one), which gives the progress reported in each frame.
     """
     encode = protocol.encode_frame
     nodes = len(image.nodes)
     yield encode(BackupStart(zxid=image.last_zxid, nodes=nodes, server_id=server_id).to_wire())
     hasher = hashlib.sha256()
     size = 0
-    chunks = done = 0
+    done = 0
     buffer = bytearray()
     for index, piece in enumerate(DataTree.image_pieces(image)):
         hasher.update(piece)
         size += len(piece)
         buffer += piece
-        if index == 0:
-            chunks = _array_length(piece) - 1
-        else:
-            done += 1
+        if index:
+            done = min(nodes, done + CHUNK_NODES)
         while len(buffer) >= BACKUP_FRAME_BYTES:
             data = bytes(buffer[:BACKUP_FRAME_BYTES])
             del buffer[:BACKUP_FRAME_BYTES]
-            yield encode(BackupPiece(data=data, nodes=nodes * done // max(chunks, 1)).to_wire())
+            yield encode(BackupPiece(data=data, nodes=done).to_wire())
     if buffer:
         yield encode(BackupPiece(data=bytes(buffer), nodes=nodes).to_wire())
     yield encode(BackupEnd(size=size, sha256=hasher.digest()).to_wire())
-
-
-def _array_length(head: bytes) -> int:
-    """The element count of the CBOR array that ``head`` begins (a definite length)."""
-    info = head[0] & 0x1F
-    if head[0] >> 5 != 4 or info > 27:
-        raise ValueError("the tree image does not begin with a CBOR array")
-    if info < 24:
-        return info
-    width = 1 << (info - 24)
-    return int.from_bytes(head[1 : 1 + width], "big")
 
 
 def _peer_name(stream: trio.SocketStream) -> str:

@@ -133,6 +133,7 @@ class Server(ClientConnections):
             delivered_zxid=recovered.tree.last_zxid,
             snapshot_every_txns=config.snapshot_every_txns,
             snapshot_every_bytes=config.snapshot_every_bytes,
+            snapshot_bytes=recovered.snapshot_bytes,
             standalone=self.is_standalone,
             rng=random.Random(),
         )
@@ -309,11 +310,13 @@ class Server(ClientConnections):
             self._records = []
             try:
                 async with self._log_lock:
-                    await trio.to_thread.run_sync(write_records, self._log, self._snapshots, records)
+                    installed = await trio.to_thread.run_sync(write_records, self._log, self._snapshots, records)
             except (StorageError, CoordError) as error:
                 await self._storage_failed(error)
                 continue
             self._storage_failures = 0
+            if installed is not None:
+                self._durable.hold_tree(installed)  # the core installs it as persisted() reports the SNAP
             self.core.persisted(records[-1].seq, self._now_ms())
             self._carry_out()
 
@@ -375,7 +378,10 @@ class Server(ClientConnections):
         image = self.tree.image()
         # Serialised a chunk of nodes at a time while it is written: a 200 MB tree's
         # snapshot never holds its whole image in memory.
-        await trio.to_thread.run_sync(self._snapshots.write_pieces, image.last_zxid, DataTree.image_pieces(image))
+        path = await trio.to_thread.run_sync(
+            self._snapshots.write_pieces, image.last_zxid, DataTree.image_pieces(image)
+        )
+        self.core.snapshot_written(path.stat().st_size)
         await trio.to_thread.run_sync(self._snapshots.purge, self.config.snapshots_retained)
         retained = await trio.to_thread.run_sync(self._snapshots.list)
         if retained:

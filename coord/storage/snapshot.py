@@ -6,14 +6,8 @@ A snapshot is the tree's serialized state after applying every txn up to some zx
 Recovery is *newest valid snapshot + replay of the log after its zxid*, so once a
 snapshot is durable the log up to its zxid may be purged.
 
-File format (all integers big-endian)::
-
-    magic    8 bytes   b"COORDSNP"
-    version  1 byte    1
-    zxid     8 bytes   the last txn the payload includes
-    length   8 bytes   payload length
-    digest  32 bytes   sha256 over version, zxid, length and the payload
-    payload  length bytes, opaque (produced and read by the tree)
+The file is a header (magic, version, zxid, payload length, sha256 digest) and the
+payload, the tree's image; its format is :mod:`coord.storage.snapshot_file`'s.
 
 The digest covers the header fields as well as the payload (not the payload alone):
 the zxid in the header is the one we trust, so a flipped bit in it must be caught
@@ -65,39 +59,43 @@ thread, the record writer, which calls them in order.
 from __future__ import annotations
 
 import builtins
-import errno
 import hashlib
 import itertools
 import logging
 import os
-import struct
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import Final, TypeVar
 
-from coord.errors import StorageError, StorageFullError
+from coord.errors import StorageError
+from coord.storage.snapshot_file import (
+    HEADER,
+    MAGIC,
+    READ_CHUNK,
+    SIGNED,
+    VERSION,
+    PayloadReader,
+    fsync_directory,
+    pwrite_all,
+    read_header,
+    read_header_zxid,
+    storage_error,
+    verifies,
+    verify_file,
+)
 
-__all__ = ["SnapshotStore"]
+__all__ = ["MAGIC", "SnapshotStore", "fsync_directory"]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-MAGIC: Final = b"COORDSNP"
-VERSION: Final = 1
-_HEADER = struct.Struct(">8sBQQ32s")  # magic, version, zxid, length, digest
-_SIGNED = struct.Struct(">BQQ")  # the header fields the digest covers, with the payload
 _PREFIX: Final = "snapshot."
 _TEMP_PREFIX: Final = ".snapshot."
 _TEMP_SUFFIX: Final = ".tmp"
 _ZXID_LIMIT: Final = 1 << 64
-_READ_CHUNK: Final = 1 << 20
-
-
-def _digest(zxid: int, payload: bytes | memoryview) -> bytes:
-    hasher = hashlib.sha256(_SIGNED.pack(VERSION, zxid, len(payload)))
-    hasher.update(payload)
-    return hasher.digest()
 
 
 SnapshotList = list[tuple[int, Path]]
@@ -168,7 +166,7 @@ class SnapshotStore:
             hasher = hashlib.sha256()
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with open(fd, "wb") as file:
-                file.write(bytes(_HEADER.size))
+                file.write(bytes(HEADER.size))
                 for piece in pieces:
                     file.write(piece)
                     hasher.update(piece)
@@ -176,7 +174,7 @@ class SnapshotStore:
             final = self._install_staged(staging, staging.size, hasher.digest())
         except OSError as exc:
             temp.unlink(missing_ok=True)
-            raise _storage_error(exc, "write", zxid, self.directory) from exc
+            raise storage_error(exc, "write", zxid, self.directory) from exc
         except BaseException:  # a StorageError, or the pieces failed: nothing stays behind
             temp.unlink(missing_ok=True)
             raise
@@ -213,18 +211,25 @@ class SnapshotStore:
             assert staging is not None
             fd = os.open(self.directory / staging.name, os.O_WRONLY)
             try:
-                _pwrite_all(fd, data, _HEADER.size + offset)
+                pwrite_all(fd, data, HEADER.size + offset)
                 os.fsync(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
             self.discard_staged()
-            raise _storage_error(exc, "stage", zxid, self.directory) from exc
+            raise storage_error(exc, "stage", zxid, self.directory) from exc
         staging.size = offset + len(data)
 
-    def commit_staged(self, zxid: int, size: int, digest: bytes) -> Path:
+    def commit_staged(
+        self, zxid: int, size: int, digest: bytes, *, load: Callable[[Iterator[bytes]], object] | None = None
+    ) -> Path:
         """Install the staged snapshot of ``zxid``: it must be exactly ``size`` bytes
-        whose sha256 is ``digest``. Either way the staging is over.
+        whose sha256 is ``digest``, and ``load`` (if given) must accept its payload.
+        Either way the staging is over.
+
+        ``load`` gets the payload in pieces in the same pass that checks the digest (a
+        follower decodes the tree of a SNAP as it installs it): if it raises
+        ``ValueError``, nothing is installed, and the follower's old state stays.
 
         Returns:
             The snapshot's path. As after :meth:`write`, the snapshot is on stable
@@ -233,8 +238,8 @@ class SnapshotStore:
 
         Raises:
             StorageError: nothing of ``zxid`` is staged, or the staged payload has
-                another size or digest, or an I/O error; the staging is discarded
-                and no snapshot was stored.
+                another size or digest, or ``load`` refused it, or an I/O error; the
+                staging is discarded and no snapshot was stored.
             StorageFullError: no space left on the device; no snapshot was stored.
         """
         staging = self._staging
@@ -242,10 +247,10 @@ class SnapshotStore:
             if staging is None or staging.zxid != zxid:
                 have = "nothing is staged" if staging is None else f"the staging is of {staging.zxid:#x}"
                 raise StorageError(f"cannot commit snapshot {zxid:#x}: {have}")
-            final = self._install_staged(staging, size, digest)
+            final = self._install_staged(staging, size, digest, load)
         except OSError as exc:
             self.discard_staged()
-            raise _storage_error(exc, "commit", zxid, self.directory) from exc
+            raise storage_error(exc, "commit", zxid, self.directory) from exc
         except StorageError:
             self.discard_staged()
             raise
@@ -268,7 +273,7 @@ class SnapshotStore:
             with self._lock:
                 self._writing.discard(staging.name)
 
-    def read_pieces(self, zxid: int, piece_bytes: int = _READ_CHUNK) -> Iterator[bytes]:
+    def read_pieces(self, zxid: int, piece_bytes: int = READ_CHUNK) -> Iterator[bytes]:
         """The payload of the valid snapshot whose header zxid is ``zxid``, in pieces
         of at most ``piece_bytes``, never the whole of it in memory.
 
@@ -291,10 +296,10 @@ class SnapshotStore:
                 continue
             try:
                 with open(path, "rb", buffering=0) as file:
-                    length = _verify_file(path, file, zxid)
+                    length = verify_file(path, file, zxid)
                     if length is None:
                         continue
-                    file.seek(_HEADER.size)
+                    file.seek(HEADER.size)
                     while length:
                         piece = file.read(min(piece_bytes, length))
                         if not piece:
@@ -311,12 +316,48 @@ class SnapshotStore:
 
         Damaged snapshots are skipped with a warning in favour of older ones.
         """
-        for zxid, path in reversed(self._candidates()):
-            loaded = self._load(path)
-            if loaded is not None:
-                if loaded[0] != zxid:  # replaced between the two reads: still header-true
-                    log.warning("snapshot %s changed while being read; using its zxid %#x", path, loaded[0])
-                return loaded
+        return self.load_latest(b"".join)
+
+    def load_latest(self, load: Callable[[Iterator[bytes]], T]) -> tuple[int, T] | None:
+        """The newest snapshot that verifies, as ``(zxid, load(pieces of its payload))``;
+        None if there is none.
+
+        One pass over the file: ``load`` decodes the payload from pieces as they are
+        read, while the same pass computes the digest, and its result counts only once
+        the digest matched. A damaged file (bad header, short, digest mismatch,
+        unreadable) is skipped with a warning in favour of older ones, as by
+        :meth:`latest`, even when ``load`` gave up on its bytes first.
+
+        Raises:
+            ValueError: from ``load``, for a file that verifies (its bytes are as
+                written, but not what ``load`` reads).
+        """
+        for _, path in reversed(self._candidates()):
+            try:
+                with open(path, "rb", buffering=0) as file:
+                    header = read_header(path, file)
+                    if header is None:
+                        continue
+                    zxid, length, digest = header
+                    reader = PayloadReader(file, length, hashlib.sha256(SIGNED.pack(VERSION, zxid, length)))
+                    try:
+                        result = load(reader.pieces())
+                    except ValueError as error:
+                        if reader.finish() and reader.hashers[0].digest() == digest:
+                            raise ValueError(
+                                f"the snapshot {zxid:#x} in {self.directory} does not decode: {error}"
+                            ) from error
+                        log.warning("skipping snapshot %s (zxid %#x): damaged (short or digest mismatch)", path, zxid)
+                        continue
+                    if not reader.finish():
+                        log.warning("skipping snapshot %s: shorter than its header says", path)
+                        continue
+                    if reader.hashers[0].digest() != digest:
+                        log.warning("skipping snapshot %s (zxid %#x): digest mismatch, the file is damaged", path, zxid)
+                        continue
+                    return zxid, result
+            except OSError as exc:
+                log.warning("skipping snapshot %s: cannot read it: %s", path, exc)
         return None
 
     def list(self) -> SnapshotList:
@@ -346,7 +387,7 @@ class SnapshotStore:
         kept: set[Path] = set()
         cutoff: int | None = None
         for zxid, path in reversed(candidates):
-            if self._load(path) is not None:
+            if verifies(path, zxid):
                 kept.add(path)
                 cutoff = zxid
                 if len(kept) == keep:
@@ -383,31 +424,11 @@ class SnapshotStore:
             if not name.startswith(_PREFIX):
                 continue
             path = self.directory / name
-            zxid = _read_header_zxid(path)
+            zxid = read_header_zxid(path)
             if zxid is not None:
                 found.append((zxid, path))
         found.sort()
         return found
-
-    def _load(self, path: Path) -> tuple[int, bytes] | None:
-        """Read and fully verify one snapshot; None (with a warning) if it is bad."""
-        try:
-            with open(path, "rb") as file:
-                header = _read_header(path, file)
-                if header is None:
-                    return None
-                zxid, length, digest = header
-                payload = file.read(length + 1)
-        except OSError as exc:
-            log.warning("skipping snapshot %s: cannot read it: %s", path, exc)
-            return None
-        if len(payload) != length:
-            log.warning("skipping snapshot %s: payload is %d bytes, header says %d", path, len(payload), length)
-            return None
-        if _digest(zxid, payload) != digest:
-            log.warning("skipping snapshot %s (zxid %#x): digest mismatch, the file is damaged", path, zxid)
-            return None
-        return zxid, payload
 
     def _start_staging(self, zxid: int) -> _Staging:
         """Create the temp file of a new staging, holding zeros where the header goes."""
@@ -417,36 +438,41 @@ class SnapshotStore:
         self._staging = staging = _Staging(zxid, name)
         fd = os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            _pwrite_all(fd, bytes(_HEADER.size), 0)
+            pwrite_all(fd, bytes(HEADER.size), 0)
         finally:
             os.close(fd)
         fsync_directory(self.directory)
         return staging
 
-    def _install_staged(self, staging: _Staging, size: int, digest: bytes) -> Path:
-        """Check the staged payload, write its header, rename it into place (see commit_staged)."""
+    def _install_staged(
+        self, staging: _Staging, size: int, digest: bytes, load: Callable[[Iterator[bytes]], object] | None = None
+    ) -> Path:
+        """Check the staged payload (and ``load`` it), write its header, rename it into place (see commit_staged)."""
         zxid = staging.zxid
         if staging.size != size:
             raise StorageError(f"snapshot {zxid:#x} is {staging.size} bytes as staged, but {size} were announced")
         temp = self.directory / staging.name
         with open(temp, "r+b", buffering=0) as file:
-            found = os.fstat(file.fileno()).st_size - _HEADER.size
+            found = os.fstat(file.fileno()).st_size - HEADER.size
             if found != size:
                 raise StorageError(f"the staging of snapshot {zxid:#x} holds {found} bytes, not {size}")
             payload_hash = hashlib.sha256()
-            signed_hash = hashlib.sha256(_SIGNED.pack(VERSION, zxid, size))
-            file.seek(_HEADER.size)
-            remaining = size
-            while remaining:
-                piece = file.read(min(_READ_CHUNK, remaining))
-                if not piece:
-                    raise StorageError(f"the staging of snapshot {zxid:#x} shrank while being read")
-                payload_hash.update(piece)
-                signed_hash.update(piece)
-                remaining -= len(piece)
+            signed_hash = hashlib.sha256(SIGNED.pack(VERSION, zxid, size))
+            file.seek(HEADER.size)
+            reader = PayloadReader(file, size, payload_hash, signed_hash)
+            problem: ValueError | None = None
+            if load is not None:
+                try:
+                    load(reader.pieces())
+                except ValueError as error:
+                    problem = error
+            if not reader.finish():
+                raise StorageError(f"the staging of snapshot {zxid:#x} shrank while being read")
             if payload_hash.digest() != digest:
                 raise StorageError(f"snapshot {zxid:#x} as staged does not match the announced sha256 (damaged)")
-            _pwrite_all(file.fileno(), _HEADER.pack(MAGIC, VERSION, zxid, size, signed_hash.digest()), 0)
+            if problem is not None:
+                raise StorageError(f"snapshot {zxid:#x} as staged does not decode: {problem}")
+            pwrite_all(file.fileno(), HEADER.pack(MAGIC, VERSION, zxid, size, signed_hash.digest()), 0)
             os.fsync(file.fileno())
         final = self.directory / f"{_PREFIX}{zxid:016x}"
         os.replace(temp, final)
@@ -469,97 +495,3 @@ class SnapshotStore:
                     pass
                 except OSError as exc:
                     log.warning("cannot remove stale temp file %s: %s", name, exc)
-
-
-def _read_header(path: Path, file: BinaryIO) -> tuple[int, int, bytes] | None:
-    """``(zxid, length, digest)`` from the header of an open snapshot if it looks valid
-    and the file has the stated length; None (with a warning) if not."""
-    raw_header = file.read(_HEADER.size)
-    if len(raw_header) < _HEADER.size:
-        log.warning("skipping snapshot %s: torn header (%d bytes)", path, len(raw_header))
-        return None
-    magic, version, zxid, length, digest = _HEADER.unpack(raw_header)
-    if magic != MAGIC or version != VERSION:
-        log.warning("skipping snapshot %s: bad magic or version %d", path, version)
-        return None
-    size = os.fstat(file.fileno()).st_size
-    if size != _HEADER.size + length:  # checked first: a damaged length may be huge
-        log.warning("skipping snapshot %s: %d bytes long, header says %d", path, size, _HEADER.size + length)
-        return None
-    return zxid, length, digest
-
-
-def _verify_file(path: Path, file: BinaryIO, zxid: int) -> int | None:
-    """The payload length of an open snapshot of ``zxid`` that verifies completely,
-    reading it in pieces; None (with a warning) if it does not."""
-    try:
-        header = _read_header(path, file)
-        if header is None:
-            return None
-        found, length, digest = header
-        if found != zxid:
-            log.warning("skipping snapshot %s: its zxid is now %#x, not %#x", path, found, zxid)
-            return None
-        hasher = hashlib.sha256(_SIGNED.pack(VERSION, zxid, length))
-        remaining = length
-        while remaining:
-            piece = file.read(min(_READ_CHUNK, remaining))
-            if not piece:
-                log.warning("skipping snapshot %s: shorter than its header says", path)
-                return None
-            hasher.update(piece)
-            remaining -= len(piece)
-    except OSError as exc:
-        log.warning("skipping snapshot %s: cannot read it: %s", path, exc)
-        return None
-    if hasher.digest() != digest:
-        log.warning("skipping snapshot %s (zxid %#x): digest mismatch, the file is damaged", path, zxid)
-        return None
-    return length
-
-
-def _read_header_zxid(path: Path) -> int | None:
-    """The header zxid if the header looks valid and the file has the stated length."""
-    try:
-        with open(path, "rb") as file:
-            raw_header = file.read(_HEADER.size)
-            size = os.fstat(file.fileno()).st_size
-    except OSError as exc:
-        log.warning("ignoring snapshot %s: cannot read it: %s", path, exc)
-        return None
-    if len(raw_header) < _HEADER.size:
-        log.warning("ignoring snapshot %s: torn header (%d bytes)", path, len(raw_header))
-        return None
-    magic, version, zxid, length, _ = _HEADER.unpack(raw_header)
-    if magic != MAGIC or version != VERSION:
-        log.warning("ignoring snapshot %s: bad magic or unknown version %d", path, version)
-        return None
-    if size != _HEADER.size + length:
-        log.warning("ignoring snapshot %s: %d bytes long, header says %d", path, size, _HEADER.size + length)
-        return None
-    return int(zxid)
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    """Write all of ``data`` at ``offset`` of ``fd`` (``os.pwrite`` may write less)."""
-    view = memoryview(data).cast("B")
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written
-
-
-def _storage_error(exc: OSError, doing: str, zxid: int, directory: Path) -> StorageError | StorageFullError:
-    """The error to raise for an I/O error: StorageFullError for a full disk."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StorageFullError(f"no space for snapshot {zxid:#x} in {directory}: {exc}")
-    return StorageError(f"cannot {doing} snapshot {zxid:#x} in {directory}: {exc}")
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make renames and new entries in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -10,7 +10,7 @@ from typing import Any
 from coord import protocol
 from coord.pipeline import Mode, Pipeline, PipelineConfig
 from coord.protocol import ConnectRequest, CreateRequest, GetDataRequest, SyncRequest
-from coord.server.core import CoreOutput, ServerCore
+from coord.server.core import SNAPSHOT_MIN_BYTES, CoreOutput, ServerCore
 from coord.tree import DataTree
 from coord.zab import PeerConfig
 from coord.zab.types import EpochRecord, LogEntry, Record, SnapshotRecord, TruncateRecord, Zxid
@@ -154,6 +154,21 @@ def test_a_malformed_zab_message_raises_protocol_error_for_the_transport() -> No
     else:
         raise AssertionError("a malformed ZAB message must raise ProtocolError")
     assert core.role == "looking"  # and the core is untouched
+
+
+def test_the_snapshot_threshold_is_an_eighth_of_the_last_snapshot_within_bounds() -> None:
+    """Replaying a byte of log costs about five loading a byte of snapshot: the log a
+    restart replays stays a fraction of the tree, however big the tree is."""
+    core, _ = make_core(snapshot_every_txns=1_000_000, snapshot_every_bytes=64 << 20)
+    assert core.snapshot_threshold == SNAPSHOT_MIN_BYTES  # no snapshot yet: the floor
+    core.snapshot_written(200 << 20)
+    assert core.snapshot_threshold == 25 << 20
+    core.snapshot_written(1 << 30)
+    assert core.snapshot_threshold == 64 << 20  # capped by snapshot_every_bytes
+    core.snapshot_written(1 << 20)
+    assert core.snapshot_threshold == SNAPSHOT_MIN_BYTES
+    recovered, _ = make_core(snapshot_every_txns=1_000_000, snapshot_bytes=80 << 20)
+    assert recovered.snapshot_threshold == 10 << 20  # from the snapshot it was recovered from
 
 
 def test_a_snapshot_is_also_due_after_enough_bytes_of_txns() -> None:

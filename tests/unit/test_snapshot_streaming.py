@@ -114,7 +114,8 @@ def test_chunks_then_the_snapshot_record_install_it_and_replace_the_log(
     assert all(len(record.data) <= CHUNK_BYTES for record in chunks if isinstance(record, SnapshotChunkRecord))
     records += chunks
     records.append(SnapshotRecord(seq=3 + len(chunks), zxid=zxid, size=size, digest=digest))
-    write_records(txn_log, snapshots, records)
+    installed = write_records(txn_log, snapshots, records)
+    assert installed is not None and installed.digest() == leader_tree.digest()  # decoded as it was installed
     # the snapshot is the history now: the log holds nothing, its base is the snapshot
     assert (txn_log.first_zxid, txn_log.last_zxid, txn_log.base_zxid) == (0, 0, zxid)
     assert list(txn_log.read()) == []
@@ -149,6 +150,35 @@ def test_a_snapshot_that_does_not_match_leaves_the_log_alone(txn_log: TxnLog, sn
     assert (txn_log.first_zxid, txn_log.base_zxid) == (z(1, 1), 0)
     assert snapshots.list() == []
     assert [path.name for path in snapshots.directory.iterdir()] == []
+
+
+@pytest.mark.parametrize("problem", ["not an image", "the tree of another zxid"])
+def test_a_snap_whose_image_does_not_decode_installs_nothing(
+    txn_log: TxnLog, snapshots: SnapshotStore, problem: str
+) -> None:
+    """A leader's bug (or a hostile peer) sends an image that verifies but does not decode:
+    the follower's old snapshot and log stay as they were, and it says why."""
+    old = sample_tree(20, epoch=1)
+    snapshots.write(old.last_zxid, DataTree.serialize_image(old.image()))
+    txn_log.append([(old.last_zxid + 1, b"a later txn")])
+    tree = sample_tree(50, epoch=2)
+    payload = b"\x82\x01\x02" if problem == "not an image" else DataTree.serialize_image(tree.image())
+    zxid = tree.last_zxid + (problem != "not an image")
+    chunks, size, digest = chunk_records(zxid, iter([payload]), first_seq=1)
+    with pytest.raises(StorageError, match="as staged does not decode"):
+        write_records(txn_log, snapshots, [*chunks, SnapshotRecord(seq=9, zxid=zxid, size=size, digest=digest)])
+    assert [found for found, _ in snapshots.list()] == [old.last_zxid]
+    assert (txn_log.first_zxid, txn_log.last_zxid) == (old.last_zxid + 1, old.last_zxid + 1)
+    assert [path.name for path in snapshots.directory.iterdir() if path.name.startswith(".")] == []
+
+
+def test_load_tree_takes_the_tree_held_from_the_install(txn_log: TxnLog, snapshots: SnapshotStore) -> None:
+    tree = sample_tree(10)
+    durable = LogDurableState(txn_log, 0, lambda: tree, snapshots=snapshots)
+    durable.hold_tree(tree)
+    assert durable.load_tree(tree.last_zxid) is tree  # no second read of the file
+    with pytest.raises(StorageError, match="no valid snapshot"):
+        durable.load_tree(tree.last_zxid)  # held once only; and no file was written here
 
 
 def test_load_tree_needs_that_snapshot(txn_log: TxnLog, snapshots: SnapshotStore) -> None:
@@ -200,15 +230,27 @@ def test_array_items_decode_lazily_from_any_pieces() -> None:
     assert list(decoded) == items[1:]
 
 
+def test_array_items_of_an_indefinite_length_array() -> None:
+    """A writer that does not know how many elements it will stream ends them with a break."""
+    items = [{"a": 1}, b"x" * 100_000, [1, [2, 3]], "text", None, 7, b"\xff"]
+    data = b"\x9f" + b"".join(cbor2.dumps(item) for item in items) + b"\xff"
+    for size in (1, 3, 1000, len(data)):
+        assert list(array_items(data[at : at + size] for at in range(0, len(data), size))) == items
+    assert list(array_items([b"\x9f\xff"])) == []
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
         (b"", "ends inside the array head"),
         (b"\x98", "ends inside the array head"),
         (b"\xa0", "not a CBOR array"),
-        (b"\x9f\x01\xff", "not a definite-length CBOR array"),
+        (b"\x9c", "not a well-formed CBOR array head"),
         (b"\x82\x01", "premature end"),
         (b"\x81\x01\x02", "bytes remain after the last of the array's 1 elements"),
+        (b"\x9f\x01\x02", "the stream ends inside the array, after 2 elements"),
+        (b"\x9f\x01\xff\x00", "bytes remain after the last of the array's 1 elements"),
+        (b"\x9f\x82\x01", "premature end"),
     ],
 )
 def test_array_items_refuse_what_is_not_one_array(data: bytes, message: str) -> None:

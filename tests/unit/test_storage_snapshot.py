@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -408,3 +409,70 @@ def test_read_pieces_keeps_reading_the_file_it_verified(store: SnapshotStore) ->
     first = next(pieces)
     store.write(z(1, 1), b"b" * 5000)  # rewritten (renamed over) meanwhile
     assert first + b"".join(pieces) == b"a" * 5000
+
+
+# --- decoding while verifying (recovery and a SNAP install read each file once) ------
+
+
+def strict_load(pieces: Iterator[bytes]) -> bytes:
+    """A loader that refuses payloads starting with b"bad", after reading them whole."""
+    payload = b"".join(pieces)
+    if payload.startswith(b"bad"):
+        raise ValueError("not a payload this loader reads")
+    return payload
+
+
+def test_load_latest_decodes_in_the_pass_that_verifies(store: SnapshotStore) -> None:
+    payload = os.urandom(3 << 20)  # several pieces
+    store.write(z(1, 5), payload)
+    seen: list[int] = []
+
+    def load(pieces: Iterator[bytes]) -> int:
+        for piece in pieces:
+            seen.append(len(piece))
+        return len(seen)
+
+    assert store.load_latest(load) == (z(1, 5), 3)
+    assert seen == [1 << 20] * 3  # bounded pieces, never the whole payload
+    assert store.load_latest(strict_load) == (z(1, 5), payload)
+
+
+def test_load_latest_counts_a_result_only_once_the_digest_matched(
+    store: SnapshotStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.write(z(1, 10), b"older state")
+    newest = store.write(z(1, 20), b"newer state")
+    flip_byte(newest, HEADER_BYTES + 8)  # the loader accepts the damaged bytes; the digest does not
+    with caplog.at_level(logging.WARNING, logger="coord.storage.snapshot"):
+        assert store.load_latest(strict_load) == (z(1, 10), b"older state")
+    assert "digest mismatch" in caplog.text
+
+
+def test_load_latest_skips_a_damaged_file_the_loader_refused_first(store: SnapshotStore) -> None:
+    store.write(z(1, 10), b"older state")
+    newest = store.write(z(1, 20), b"bad and damaged")
+    flip_byte(newest, HEADER_BYTES + 10)  # damaged: the loader's refusal is not the file's fault
+    assert store.load_latest(strict_load) == (z(1, 10), b"older state")
+
+
+def test_load_latest_raises_for_a_file_that_verifies_but_does_not_decode(store: SnapshotStore) -> None:
+    store.write(z(1, 10), b"older state")
+    store.write(z(1, 20), b"bad payload, written as it is")
+    with pytest.raises(ValueError, match=r"the snapshot 0x100000014 in .* does not decode: not a payload"):
+        store.load_latest(strict_load)
+
+
+def test_commit_staged_with_a_loader_that_refuses_installs_nothing(store: SnapshotStore) -> None:
+    store.write(z(1, 10), b"older state")
+    payload = b"bad image from a leader"
+    store.stage(z(2, 1), 0, payload)
+    with pytest.raises(StorageError, match="as staged does not decode: not a payload"):
+        store.commit_staged(z(2, 1), len(payload), hashlib.sha256(payload).digest(), load=strict_load)
+    assert store.latest() == (z(1, 10), b"older state")
+    assert [name for name in os.listdir(store.directory) if name.startswith(".")] == []  # staging gone
+    loaded: list[bytes] = []
+    good = b"good image"
+    store.stage(z(2, 1), 0, good)
+    store.commit_staged(z(2, 1), len(good), hashlib.sha256(good).digest(), load=lambda p: loaded.append(b"".join(p)))
+    assert loaded == [good]
+    assert store.latest() == (z(2, 1), good)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import random
+from collections.abc import Iterator
 
+import cbor2
 import pytest
 
 from coord.errors import NoNodeError
@@ -309,7 +312,8 @@ def test_equal_txns_give_byte_identical_images_and_a_faithful_round_trip() -> No
     assert restored.digest() == first.tree.digest()
     assert DataTree.serialize_image(restored.image()) == data
     assert restored.nodes == first.tree.nodes
-    assert all(type(node) is Node and type(node.mode) is CreateMode for node in restored.nodes.values())
+    assert all(type(node) is Node and type(node.mode) is int for node in restored.nodes.values())
+    assert all(type(node.mode) is int for node in first.tree.nodes.values())
     # the derived indexes are rebuilt, not just the nodes
     assert restored.get_children("/") == first.tree.get_children("/")
     assert restored.ephemerals(1) == ["/app/e"]
@@ -352,8 +356,8 @@ def test_from_bytes_rejects_an_inconsistent_image() -> None:
 # --- snapshot images in pieces (a SNAP streams them) --------------------------------
 
 
-def big_sample(nodes: int = 2_500) -> Applier:
-    """More than two chunks of nodes (chunks hold 1000), plus the kinds of build_sample."""
+def big_sample(nodes: int = 9_000) -> Applier:
+    """More than two chunks of nodes (chunks hold 4096), plus the kinds of build_sample."""
     a = Applier()
     build_sample(a)
     a.apply(create("/many"))
@@ -378,10 +382,11 @@ def test_image_pieces_join_to_the_serialized_image() -> None:
     image = a.tree.image()
     pieces = list(DataTree.image_pieces(image))
     assert b"".join(pieces) == DataTree.serialize_image(image)
-    assert len(pieces) == 1 + 3  # the head, then one piece per chunk of 1000 nodes (2,509 nodes)
-    assert len(list(DataTree.image_pieces(DataTree().image()))) == 2  # a fresh tree: the head, one chunk
+    assert len(pieces) == 1 + 3 + 1  # the head, one piece per chunk of 4096 nodes (9,009 nodes), the break
+    assert len(list(DataTree.image_pieces(DataTree().image()))) == 3  # a fresh tree: the head, one chunk, the break
     empty = TreeImage(0, {}, {})
-    assert list(DataTree.image_pieces(empty)) == [DataTree.serialize_image(empty)]  # the head alone
+    assert b"".join(DataTree.image_pieces(empty)) == DataTree.serialize_image(empty)
+    assert len(list(DataTree.image_pieces(empty))) == 2  # the head, the break
 
 
 def test_image_pieces_are_encoded_only_when_asked_for() -> None:
@@ -389,9 +394,9 @@ def test_image_pieces_are_encoded_only_when_asked_for() -> None:
     image = a.tree.image()
     pieces = DataTree.image_pieces(image)
     first = next(pieces)
-    image.nodes["/many/n02400"] = image.nodes["/many/n02400"].with_data(b"later", 99, 99)  # in the last chunk
+    image.nodes["/many/n08900"] = image.nodes["/many/n08900"].with_data(b"later", 99, 99)  # in the last chunk
     rest = list(pieces)
-    assert b"later" in rest[-1]
+    assert b"later" in rest[-2]
     assert first == next(DataTree.image_pieces(image))
 
 
@@ -448,12 +453,14 @@ def test_from_pieces_and_from_bytes_reject_trailing_bytes(garbage: bytes) -> Non
         (b"", "malformed tree image"),
         (b"\x80", "malformed tree image: the image is an empty array"),
         (b"\x01", "malformed tree image: not a CBOR array"),
-        (b"\x9f\xff", "malformed tree image: not a definite-length CBOR array"),
-        (b"\x82\x84\x6acoord-tree\x02\x00\x80\xf6", "malformed tree image: a chunk is not a list"),
-        (b"\x82\x84\x6acoord-tree\x02\x00\x80\x81\x61/", "malformed tree image: a chunk is not a list"),
-        (b"\x82\x84\x6acoord-tree\x02\x00\x80\x82\x61/\x01", "malformed node in tree image"),
+        (b"\x9f\xff", "malformed tree image: the image is an empty array"),
+        (b"\x9c", "malformed tree image: not a well-formed CBOR array head"),
+        (b"\x82\x84\x6acoord-tree\x02\x00\x80\xf6", "malformed chunk in tree image: a chunk is not a list"),
+        (b"\x82\x84\x6acoord-tree\x02\x00\x80\x81\x61/", "malformed chunk in tree image: a chunk is not a list"),
+        (b"\x82\x84\x6acoord-tree\x02\x00\x80\x82\x61/\x01", "malformed chunk in tree image"),
         (b"\x81\x84\x6acoord-tree\x02\x00\x81\x01", "malformed tree image"),
-        (b"\x81\x84\x6acoord-tree\x01\x00\x80", "not a tree image of format 2"),
+        (b"\x81\x84\x6acoord-tree\x01\x00\x80", "not a tree image of format 3"),
+        (b"\x82\x84\x6acoord-tree\x03\x00\x80\xf6", "malformed chunk in tree image"),
         (b"\x81\x84\x6acoord-tree\x02\x00\x80", "tree image has no root"),
     ],
 )
@@ -461,3 +468,109 @@ def test_from_pieces_rejects_malformed_images(data: bytes, message: str) -> None
     for pieces in ([data], split(data, [1])):
         with pytest.raises(ValueError, match=message):
             DataTree.from_pieces(pieces)
+
+
+def _image_with_chunk(chunk: object) -> bytes:
+    """A format-3 image of a fresh tree's head followed by ``chunk``."""
+    return cbor2.dumps([["coord-tree", 3, 0, []], chunk])
+
+
+def _root_columns(**changes: bytes) -> list[bytes]:
+    """The 13 columns of a chunk holding only a root with no children, with ``changes`` by index."""
+    columns = [b"\x00"] * 13
+    for index, value in changes.items():
+        columns[int(index[1:])] = value
+    return columns
+
+
+@pytest.mark.parametrize(
+    ("chunk", "message"),
+    [
+        ([b"/", b""], "not enough values"),
+        (["/", b"", _root_columns()], "a chunk is not \\[paths, data, columns\\]"),
+        ([b"/", b"", _root_columns()[:12]], "a chunk has 12 columns, not 13"),
+        ([b"/", b"", [*_root_columns()[:12], "x"]], "a column is not a byte string"),
+        ([b"/", b"", _root_columns(c3=b"\x00\x00\x00")], "a column of 3 bytes for 1 nodes"),
+        ([b"/", b"", _root_columns(c0=b"\x05")], "the data lengths add up to 5, the chunk holds 0 bytes"),
+        ([b"/", b"", _root_columns(c11=b"\x07")], "a node of mode 7"),
+        ([b"/\xff", b"", _root_columns()], "malformed chunk in tree image"),
+        ([b"/", b"", _root_columns(c9=b"\x01")], "inconsistent"),
+    ],
+)
+def test_from_pieces_rejects_malformed_column_chunks(chunk: object, message: str) -> None:
+    assert DataTree.from_bytes(_image_with_chunk([b"/", b"", _root_columns()])).node_count == 1  # the baseline is valid
+    with pytest.raises(ValueError, match=message):
+        DataTree.from_bytes(_image_with_chunk(chunk))
+
+
+def _format_2_image(image: TreeImage) -> bytes:
+    """The image as the previous format wrote it: each chunk ``[path, node fields, ...]``."""
+    paths = sorted(image.nodes)
+    sessions = [[sid, record.timeout_ms, record.password] for sid, record in sorted(image.sessions.items())]
+    chunks = [
+        [item for path in paths[start : start + 1000] for item in (path, list(image.nodes[path]))]
+        for start in range(0, len(paths), 1000)
+    ]
+    return cbor2.dumps([["coord-tree", 2, image.last_zxid, sessions], *chunks])
+
+
+def test_images_of_the_previous_format_still_load() -> None:
+    a = big_sample(2_500)
+    restored = DataTree.from_pieces(split(_format_2_image(a.tree.image()), [4096]))
+    assert restored.digest() == a.tree.digest()
+    assert restored.nodes == a.tree.nodes
+    assert restored.get_children("/many") == a.tree.get_children("/many")
+    assert restored.ephemerals(1) == ["/app/e"]
+    assert restored.cleanup_candidates(30) == ["/box", "/ttl"]
+
+
+def test_chunks_are_bounded_by_nodes_and_by_data_bytes() -> None:
+    a = Applier()
+    a.apply(create("/big"))
+    for index in range(5):
+        a.apply(create(f"/big/n{index}", bytes(400_000)))  # 2 MB of data: more than one chunk holds
+    pieces = list(DataTree.image_pieces(a.tree.image()))
+    # the head; then the 8 nodes (2 MB) halve to 4 (0.8 MB) and 4 (1.2 MB), which halves again
+    assert len(pieces) == 1 + 3 + 1
+    assert all(len(piece) < 900_000 for piece in pieces)
+    assert DataTree.from_pieces(pieces).digest() == a.tree.digest()
+    huge = Applier()
+    huge.apply(create("/one", bytes(3_000_000)))  # a node over the bound goes alone
+    pieces = list(DataTree.image_pieces(huge.tree.image()))
+    assert len(pieces) == 1 + 3 + 1 and b"/one" in pieces[-2] and len(pieces[-3]) < 1000
+    assert DataTree.from_pieces(DataTree.image_pieces(huge.tree.image())).nodes == huge.tree.nodes
+
+
+def test_the_collector_pauses_while_an_image_loads() -> None:
+    """A million new nodes would trigger full collections that walk all of them (1.5 s
+    of a 4 s load); loading pauses the cyclic collector and restores it, even on error."""
+    data = DataTree.serialize_image(big_sample(100).tree.image())
+    seen: list[bool] = []
+
+    def pieces(payload: bytes) -> Iterator[bytes]:
+        for start in range(0, len(payload), 1000):
+            seen.append(gc.isenabled())
+            yield payload[start : start + 1000]
+
+    assert gc.isenabled()
+    DataTree.from_pieces(pieces(data))
+    assert seen and not any(seen)
+    assert gc.isenabled()
+    with pytest.raises(ValueError):
+        DataTree.from_pieces(pieces(data[:-3]))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        DataTree.from_pieces(pieces(data))
+        assert not gc.isenabled()  # left as it was found
+    finally:
+        gc.enable()
+
+
+def test_equal_ints_of_a_chunk_are_one_object() -> None:
+    """A create stores one zxid as czxid, mzxid and pzxid: loaded, they stay one int object."""
+    a = Applier()
+    a.apply(create("/a"), time_ms=1_700_000_000_000)
+    node = DataTree.from_bytes(DataTree.serialize_image(a.tree.image())).nodes["/a"]
+    assert node.czxid == 1 << 40 or node.czxid > 0
+    assert node.mzxid is node.czxid and node.pzxid is node.czxid and node.mtime is node.ctime
