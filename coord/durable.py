@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from coord.storage import ACCEPTED_EPOCH, CURRENT_EPOCH, SnapshotStore, TxnLog
 from coord.tree import DataTree
+from coord.tree_image import collector_paused
 from coord.zab.types import (
     EpochRecord,
     LogEntry,
@@ -167,7 +168,8 @@ def _decode_into(trees: list[DataTree], zxid: Zxid, pieces: Iterator[bytes]) -> 
     Raises:
         ValueError: it is not a well-formed image of the tree of ``zxid``.
     """
-    tree = DataTree.from_pieces(pieces)
+    with collector_paused(freeze=True):  # the tree this server will serve: see coord.tree_image
+        tree = DataTree.from_pieces(pieces)
     if tree.last_zxid != zxid:
         raise ValueError(f"it holds the tree of {tree.last_zxid:#x}")
     trees.append(tree)

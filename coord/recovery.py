@@ -116,7 +116,7 @@ def recover(data_dir: Path, *, log_map_bytes: int, replay: bool = True) -> Recov
     except DataInconsistencyError as error:  # CorruptLogError: empty, truncated, not LMDB, bad keys
         raise _damaged(data_dir, f"{_about(log_file, error)}: the file is damaged") from error
     try:
-        with collector_paused():  # a million nodes built: see coord.tree_image.collector_paused
+        with collector_paused(freeze=True):  # a million long-lived nodes: see coord.tree_image
             return _rebuild(data_dir, snapshots, txn_log, log_file, replay=replay)
     except BaseException:
         txn_log.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import random
+import weakref
 from collections.abc import Iterator
 
 import cbor2
@@ -12,6 +13,7 @@ import pytest
 from coord.errors import NoNodeError
 from coord.protocol import CreateMode, EventType, Stat
 from coord.tree import DataTree, Node, TreeImage
+from coord.tree_image import collector_paused
 from coord.txn import (
     CheckTxn,
     CloseSessionTxn,
@@ -574,3 +576,29 @@ def test_equal_ints_of_a_chunk_are_one_object() -> None:
     node = DataTree.from_bytes(DataTree.serialize_image(a.tree.image())).nodes["/a"]
     assert node.czxid == 1 << 40 or node.czxid > 0
     assert node.mzxid is node.czxid and node.pzxid is node.czxid and node.mtime is node.ctime
+
+
+def test_a_frozen_load_leaves_the_tree_to_the_permanent_generation() -> None:
+    """A server's tree lives as long as it does: after a load with ``freeze`` no collection
+    walks its nodes again, and garbage made before the load was collected, not frozen."""
+    data = DataTree.serialize_image(big_sample(100).tree.image())
+
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+    gc.collect()
+    frozen_before = gc.get_freeze_count()
+    garbage = Cycle()
+    alive = weakref.ref(garbage)
+    del garbage
+    try:
+        with collector_paused(freeze=True):
+            tree = DataTree.from_bytes(data)
+            assert not gc.isenabled()
+        assert gc.isenabled()
+        assert alive() is None  # collected before the freeze
+        assert gc.get_freeze_count() >= frozen_before + len(tree.nodes)
+        assert all(gc.is_tracked(node) for node in tree.nodes.values())
+    finally:
+        gc.unfreeze()
