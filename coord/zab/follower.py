@@ -106,6 +106,7 @@ class Follower:
         self._last_progress = ctx.now  # the last SNAP chunk received
         self._snap: SnapReceiver | None = None  # a SNAP being received
         self._snap_acks: deque[tuple[int, int]] = deque()  # (record seq, offset after it) not yet durable
+        self._install_seq = 0  # the seq of a SNAP's install record not yet durable (0: none)
         self._wait_seq = 0
         self._last_acked: Zxid = 0
         self._is_first_ack = False
@@ -209,6 +210,11 @@ class Follower:
             self._ctx.send(self.leader, self._follower_info)
         if not self.is_up_to_date:
             # A SNAP in progress restarts the clock: its size, not a fault, sets its length.
+            # So does installing one: until its record is durable (the image verified and
+            # decoded in the writer's thread, seconds for a million znodes) we wait on our
+            # own disk, not on the leader.
+            if self._install_seq > self._journal.persisted_seq:
+                self._last_progress = self._ctx.now
             if self._ctx.now - max(self._started, self._last_progress) >= config.init_limit_ticks:
                 self._abandon(f"not synchronised with {self.leader} within {config.init_limit_ticks} ticks")
         elif self._ctx.now - self._last_heard > config.sync_limit_ticks:
@@ -316,7 +322,8 @@ class Follower:
             self._abandon(problem)
             return
         self._snap = None
-        self._journal.install_snapshot(receiver.zxid, size, digest)  # the application installs it once durable
+        record = self._journal.install_snapshot(receiver.zxid, size, digest)  # the application installs it once durable
+        self._install_seq = record.seq
 
     def _ack_snap_chunks(self) -> None:
         """Acknowledge the SNAP's chunks that are durable now (the leader's window moves)."""

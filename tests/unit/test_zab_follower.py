@@ -305,6 +305,26 @@ def test_follower_installs_a_snapshot_only_once_durable() -> None:
     assert peer.last_delivered_zxid == make_zxid(4, 7)
 
 
+def test_follower_waits_out_its_own_disk_while_a_snap_installs() -> None:
+    """Installing a big SNAP (its image verified and decoded in the writer's thread) can
+    take longer than init_limit; that is our disk, not the leader, so the clock waits."""
+    durable = MemoryDurable()
+    peer, handshake = _synchronising(durable, epoch=5)
+    for message in snap_messages(handshake, make_zxid(4, 7), b"state", chunk_bytes=2):
+        peer.step(envelope(1, 2, message))
+    out = peer.take_output()
+    [installed] = [record for record in out.persist if isinstance(record, SnapshotRecord)]
+    peer.persisted(installed.seq - 1)  # the chunks are durable, the install is not yet
+    for _ in range(30):  # three times init_limit (10 ticks)
+        peer.tick()
+    assert peer.role is Role.FOLLOWING
+    peer.persisted(installed.seq)
+    assert peer.take_output().install == make_zxid(4, 7)
+    for _ in range(10):  # installed, and the leader says nothing more: now it is the leader's fault
+        peer.tick()
+    assert peer.role is Role.LOOKING
+
+
 def test_follower_acknowledges_snap_chunks_once_durable() -> None:
     durable = MemoryDurable()
     peer, handshake = _synchronising(durable, epoch=5)
@@ -404,8 +424,7 @@ def test_follower_reports_the_application_state_a_snapshot_in_flight_will_leave(
     for message in snap_messages(handshake, make_zxid(4, 7), b"state"):
         peer.step(envelope(1, 2, message))
     peer.take_output()  # the snapshot record is not durable yet
-    for _ in range(10):
-        peer.tick()  # the sync times out
+    peer.link_down(1)  # the leader goes away (no timeout while our own disk installs the SNAP)
     settled = Notification(leader=3, zxid=0, epoch=6, election_round=9, state=Role.FOLLOWING)
     peer.step(envelope(1, 2, settled))
     peer.step(envelope(3, 2, replace(settled, state=Role.LEADING)))
