@@ -22,7 +22,8 @@ the same local disk as coord's LMDB, so the comparison with coord (fsync on) is 
 It listens on 127.0.0.1 only, with the AdminServer (Jetty, port 8080) switched off and only
 the ``ruok``/``srvr``/``mntr`` four-letter words enabled.
 
-Paths can be overridden with the environment variables ``ZK_JAR`` and ``JAVA``.
+Paths can be overridden with the environment variables ``ZK_JAR`` and ``JAVA``, and the
+heap (``-Xmx``, default ``1g``) with ``ZK_HEAP`` (a 200 MB tree needs more than 1 GB).
 
 :func:`run_zookeeper_ensemble` runs a replicated ensemble the same way: N JVMs, each with its
 own ``zoo.cfg``, ``dataDir`` (holding its ``myid``), ``dataLogDir`` and log under one temp dir,
@@ -162,7 +163,7 @@ def _command(java: str, jar: Path, work_dir: Path, config: Path) -> list[str]:
     classpath = [str(work_dir / "conf"), str(jar), *(str(extra) for extra in _LOG4J_JARS if extra.is_file())]
     return [
         java,
-        "-Xmx1g",  # upstream zkEnv.sh's default heap (ZK_SERVER_HEAP=1000)
+        f"-Xmx{os.environ.get('ZK_HEAP') or '1g'}",  # upstream zkEnv.sh's default heap (ZK_SERVER_HEAP=1000)
         f"-Dzookeeper.log.dir={work_dir / 'log'}",
         "-cp",
         os.pathsep.join(classpath),
