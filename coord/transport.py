@@ -74,10 +74,23 @@ from typing import Final, Protocol
 
 import trio
 
-from coord.config import Address
+from coord.config import Address, EnsembleConfig
 from coord.config import format_address as _name
+from coord.config.security_table import read_peer_secret
+from coord.peer_handshake import (
+    AUTH_SECRET,
+    HandshakeRefusedError,
+    PeerAuth,
+    check_answer,
+    check_hello,
+    check_proof,
+    encode_hello,
+    encode_proof,
+    new_nonce,
+    proof_of_secret,
+    read_hello,
+)
 from coord.peer_handshake import PEER_PROTOCOL_VERSION as PEER_PROTOCOL_VERSION
-from coord.peer_handshake import HandshakeRefusedError, check_answer, check_hello, encode_hello, read_hello
 from coord.peer_listeners import bind_peer_listeners as bind_peer_listeners
 from coord.peer_listeners import listener_address as listener_address
 from coord.protocol import HEADER, FrameReader, ProtocolError
@@ -147,6 +160,17 @@ class _OutLink:
         return dropped
 
 
+def peer_auth(ensemble: EnsembleConfig) -> PeerAuth:
+    """The peer authentication an ensemble's configuration puts in force (the secret read now).
+
+    Raises:
+        ConfigError: the secret file cannot be read (any more) or is too short.
+    """
+    if ensemble.secret_file is None:
+        return PeerAuth()
+    return PeerAuth.with_secret(read_peer_secret(ensemble.secret_file))
+
+
 class PeerTransport:
     """One server's links to the other servers of its ensemble.
 
@@ -168,6 +192,8 @@ class PeerTransport:
             also the capacity of the ``received`` channel.
         queue_bytes_max: bytes queued unsent on one link before the link is broken.
         rng: randomness for the backoff jitter (seed it for reproducible tests).
+        auth: how peers prove they belong (:class:`coord.peer_handshake.PeerAuth`: a shared
+            secret, or none); every server of the ensemble must use the same.
         gate: a :class:`LinkGate` that may close every link for a while (fault hooks);
             None (the default) for links that are always allowed.
 
@@ -194,6 +220,7 @@ class PeerTransport:
         queue_bytes_max: int = QUEUE_BYTES_MAX_DEFAULT,
         rng: random.Random | None = None,
         gate: LinkGate | None = None,
+        auth: PeerAuth | None = None,
     ) -> None:
         if server_id not in peers:
             raise ValueError(f"server {server_id} is not in peers {sorted(peers)}")
@@ -210,7 +237,7 @@ class PeerTransport:
         self._queue_frames_max = queue_frames_max
         self._queue_bytes_max = queue_bytes_max
         self._rng = rng if rng is not None else random.Random()
-        self._hello = encode_hello(server_id, ensemble_id)
+        self._auth = auth if auth is not None else PeerAuth()
         self._links = {
             target: _OutLink(target, address) for target, address in sorted(peers.items()) if target != server_id
         }
@@ -388,13 +415,11 @@ class PeerTransport:
                     # the normal state of a link while the other server is down
                     log.debug("link to server %d: cannot connect to %s: %s", target, _name(link.address), error)
                     return
-                await stream.send_all(self._hello)
-                reply, leftover = await read_hello(stream, receive_bytes=RECEIVE_BYTES)
+                leftover = await self._dial_handshake(stream, target)
             if timeout.cancelled_caught:
                 log.warning("link to server %d: no handshake answer within %ss", target, HANDSHAKE_TIMEOUT_S)
                 return
             assert stream is not None
-            check_answer(reply, target=target, ensemble_id=self.ensemble_id)
             if leftover:
                 raise _LinkBrokenError("data after the handshake on an outgoing link")
             link.clear()
@@ -414,6 +439,52 @@ class PeerTransport:
         finally:
             if stream is not None:
                 await trio.aclose_forcefully(stream)
+
+    async def _dial_handshake(self, stream: trio.SocketStream, target: int) -> bytes:
+        """Our hello, the acceptor's answer (checked, its proof too), our proof; what came after."""
+        auth = self._auth
+        nonce = new_nonce()
+        await stream.send_all(encode_hello(self.server_id, self.ensemble_id, auth=auth.mode, nonce=nonce))
+        reply, leftover = await read_hello(stream, receive_bytes=RECEIVE_BYTES)
+        answer = check_answer(
+            reply, target=target, own_id=self.server_id, ensemble_id=self.ensemble_id, auth=auth, nonce=nonce
+        )
+        if auth.secret is not None:
+            proof = proof_of_secret(
+                auth.secret,
+                "dial",
+                ensemble_id=self.ensemble_id,
+                dialer=self.server_id,
+                acceptor=target,
+                dialer_nonce=nonce,
+                acceptor_nonce=answer.nonce,
+            )
+            await stream.send_all(encode_proof(proof))
+        return leftover
+
+    async def _accept_handshake(self, stream: trio.SocketStream, hello: object, leftover: bytes) -> tuple[int, bytes]:
+        """Check the dialer's hello, answer it, check its proof; its id and what came after."""
+        auth = self._auth
+        dialer = check_hello(hello, own_id=self.server_id, peers=self._peers, ensemble_id=self.ensemble_id, auth=auth)
+        nonce = new_nonce()
+        proofs = {}
+        if auth.secret is not None:
+            for role in ("accept", "dial"):
+                proofs[role] = proof_of_secret(
+                    auth.secret,
+                    role,
+                    ensemble_id=self.ensemble_id,
+                    dialer=dialer.server_id,
+                    acceptor=self.server_id,
+                    dialer_nonce=dialer.nonce,
+                    acceptor_nonce=nonce,
+                )
+        answer = encode_hello(self.server_id, self.ensemble_id, auth=auth.mode, nonce=nonce, proof=proofs.get("accept"))
+        await stream.send_all(answer)
+        if auth.mode == AUTH_SECRET:
+            item, leftover = await read_hello(stream, receive_bytes=RECEIVE_BYTES, buffered=leftover)
+            check_proof(item, proofs["dial"], source=dialer.server_id)
+        return dialer.server_id, leftover
 
     @staticmethod
     async def _write(link: _OutLink, stream: trio.SocketStream, scope: trio.CancelScope) -> None:
@@ -446,15 +517,18 @@ class PeerTransport:
             with scope:
                 if gate is not None and not gate.is_open:
                     return
+                identified: int | None = None
                 with trio.move_on_after(HANDSHAKE_TIMEOUT_S) as timeout:
                     hello, leftover = await read_hello(stream, receive_bytes=RECEIVE_BYTES)
-                if timeout.cancelled_caught:
+                    if hello is None:
+                        log.info("peer connection from %s: closed before its handshake", name)
+                        return
+                    identified, leftover = await self._accept_handshake(stream, hello, leftover)
+                if timeout.cancelled_caught or identified is None:
                     log.warning("peer connection from %s: no handshake within %ss; closing", name, HANDSHAKE_TIMEOUT_S)
                     return
-                if hello is None:
-                    log.info("peer connection from %s: closed before its handshake", name)
-                    return
-                source = check_hello(hello, own_id=self.server_id, peers=self._peers, ensemble_id=self.ensemble_id)
+                # Only now, its proof checked, may it replace a link: a stranger's hello cannot cut one.
+                source = identified
                 self._unidentified.discard(scope)
                 previous = self._incoming.get(source)
                 if previous is not None:
@@ -463,7 +537,6 @@ class PeerTransport:
                     log.info("link from server %d: replaced by a new connection from %s", source, name)
                     previous.cancel()
                 self._incoming[source] = scope
-                await stream.send_all(self._hello)
                 log.info("link from server %d up (%s)", source, name)
                 reader = FrameReader(self._frame_bytes_max)
                 reader.feed(leftover)

@@ -30,6 +30,13 @@ A complete file, with every key at its default (all keys are optional)::
     outbox_bytes_total_max = 268435456      # unsent reply bytes of all connections before reads are held
     connection_stall_ms = 30000             # a connection over its outbox bound this long is closed
 
+    [tls]                           # no [tls]: plain TCP on both ports (see docs/security.md)
+    cert_file = "server.pem"        # this server's certificate chain (required with [tls])
+    key_file = "server.key"         # its private key (required with [tls])
+    ca_file = "ca.pem"              # the CA that client and peer certificates are verified against
+    client_auth = "none"            # client certificates: "none" | "optional" | "required"
+    peers = false                   # true: servers talk TLS and authenticate each other by certificate
+
 Loading is :func:`load_config`: read the file (if any), apply ``overrides`` (dotted
 keys such as ``"server.listen"``, as the CLI's flags give them), check every key and
 value, derive what was left out, and build a frozen :class:`ServerConfig`. Anything
@@ -51,6 +58,7 @@ gets the same file except for ``server.id``::
     init_limit_ticks = 20           # a follower must connect and sync within this many ticks (at most 10000)
     sync_limit_ticks = 5            # a leader or follower unheard this long is given up on (at most 10000)
     snap_chunk_bytes = 1048576      # a SNAP to a lagging follower streams in chunks this large (1 KiB..16 MiB)
+    secret_file = "peer.secret"     # a shared secret that peers prove they hold (no default: no peer auth)
 
     [ensemble.servers]              # ID = { peer = HOST:PORT (Zab), client = HOST:PORT }
     1 = { peer = "10.0.0.1:2888", client = "10.0.0.1:2281" }

@@ -80,4 +80,4 @@ def _build_ensemble(values: dict[str, object]) -> EnsembleConfig:
     return EnsembleConfig(servers=servers, **timing)  # type: ignore[arg-type]
 
 
-_ENSEMBLE_TIMING = ("tick_ms", "init_limit_ticks", "sync_limit_ticks", "snap_chunk_bytes")
+_ENSEMBLE_TIMING = ("tick_ms", "init_limit_ticks", "sync_limit_ticks", "snap_chunk_bytes", "secret_file")

@@ -16,6 +16,7 @@ from typing import Any
 
 from coord.config.ensemble_table import _build_ensemble
 from coord.config.schema import _SCHEMA, _unknown_key
+from coord.config.security_table import build_tls
 from coord.config.settings import ServerConfig
 from coord.config.value_checks import ConfigError, _describe
 from coord.protocol import FRAME_OVERHEAD_BYTES
@@ -125,6 +126,9 @@ def load_config(path: Path | None = None, *, overrides: Mapping[str, object] | N
             f"{key}: limits.txn_bytes_max ({txn_bytes_max}) must be at least limits.data_bytes_max "
             f"({data_bytes_max}) + {FRAME_OVERHEAD_BYTES} (a value must fit in one txn with its path)"
         )
+
+    if "tls" in document or any(dotted.startswith("tls.") for dotted in flat):
+        values["tls"] = build_tls(values)
 
     # an empty [ensemble] table counts as given (and so lacks its servers)
     if "ensemble" in document or any(dotted.startswith("ensemble.") for dotted in flat):

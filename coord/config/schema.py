@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coord.config.ensemble_table import _check_servers
+from coord.config.security_table import _check_client_auth, _check_file, _check_peers, check_secret_file
 from coord.config.value_checks import (
     _LIMIT_TICKS_MAX,
     _SESSION_TIMEOUT_MS_MAX,
@@ -94,6 +95,14 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "sync_limit_ticks": _Key(_field("ensemble_sync_limit_ticks", _at_most(_LIMIT_TICKS_MAX))),
         "snap_chunk_bytes": _Key(_field("ensemble_snap_chunk_bytes", _check_snap_chunk_bytes)),
         "servers": _Key(_check_servers, is_int=False),
+        "secret_file": _Key(check_secret_file, is_int=False),
+    },
+    "tls": {
+        "cert_file": _Key(_check_file("tls_cert_file"), is_int=False),
+        "key_file": _Key(_check_file("tls_key_file"), is_int=False),
+        "ca_file": _Key(_check_file("tls_ca_file"), is_int=False),
+        "client_auth": _Key(_check_client_auth, is_int=False),
+        "peers": _Key(_check_peers, is_int=False),
     },
 }
 

@@ -43,6 +43,12 @@ class EnsembleConfig:
     init_limit_ticks: int = 20
     sync_limit_ticks: int = 5
     snap_chunk_bytes: int = 1 << 20  # a SNAP to a lagging follower streams in chunks this large
+    secret_file: Path | None = None  # the shared peer secret (challenge-response handshake); None: none
+
+    @property
+    def peer_auth(self) -> str:
+        """How peers authenticate each other when TLS does not: ``secret`` or ``none``."""
+        return "secret" if self.secret_file is not None else "none"
 
     @property
     def voters(self) -> tuple[int, ...]:
@@ -66,6 +72,22 @@ class EnsembleConfig:
         """
         lines = [f"{server_id} {format_address(self.servers[server_id].peer).lower()}" for server_id in self.voters]
         return hashlib.sha256("\n".join(["coord-ensemble-v1", *lines]).encode()).digest()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsConfig:
+    """The ``[tls]`` table: this server's certificate, the CA it trusts, what it asks of whom.
+
+    ``client_auth`` is ``"none"``, ``"optional"`` or ``"required"``: whether the client
+    port asks clients for a certificate (verified against ``ca_file``). ``peers``: the
+    servers of the ensemble talk TLS with mutual authentication by certificate.
+    """
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+    client_auth: str = "none"
+    peers: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,6 +121,7 @@ class ServerConfig:
     outbox_bytes_total_max: int = 256 << 20
     connection_stall_ms: int = 30_000
     ensemble: EnsembleConfig | None = None  # None: standalone
+    tls: TlsConfig | None = None  # None: plain TCP on both ports
 
     @property
     def listen(self) -> str:

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import trio
 
 from coord import protocol
-from coord.config import ServerConfig
+from coord.config import ConfigError, ServerConfig
 from coord.durable import LogDurableState, write_records
 from coord.errors import CoordError, StorageError
 from coord.pipeline import Mode, Pipeline, PipelineConfig
@@ -47,7 +47,7 @@ from coord.server.clients import RECEIVE_BYTES as RECEIVE_BYTES
 from coord.server.clients import ClientConnection, ClientConnections
 from coord.server.core import CoreOutput, ServerCore
 from coord.storage import TxnLog
-from coord.transport import LinkGate, PeerTransport
+from coord.transport import LinkGate, PeerTransport, peer_auth
 from coord.tree import DataTree
 from coord.zab import Peer, PeerConfig
 from coord.zab.types import Record
@@ -146,6 +146,7 @@ class Server(ClientConnections):
                 on_message=self._on_peer_message,
                 on_link_down=self._on_peer_link_down,
                 gate=peer_gate,
+                auth=peer_auth(ensemble),
             )
         self._conns: dict[int, ClientConnection] = {}
         self._ids = itertools.count(1)
@@ -203,6 +204,8 @@ class Server(ClientConnections):
         status = self.core.status()
         status["address"] = self.connect_string
         status["snapshots_taken"] = self.snapshots_taken
+        if self.config.ensemble is not None:
+            status["peer_auth"] = peer_auth_mode(self.config)
         try:
             status["log"] = self._log.stats()
         except CoordError:
@@ -410,6 +413,22 @@ class Server(ClientConnections):
             self._carry_out()
 
 
+CLIENT_TLS = False  # the client port speaks TLS when [tls] is given (until then: refused, never ignored)
+
+UNAUTHENTICATED_PEERS_WARNING = (
+    "!!! THE PEERS OF THIS ENSEMBLE ARE NOT AUTHENTICATED: anyone who can reach a peer port can join "
+    "as a server, vote, and read or change every znode. Set [ensemble] secret_file (the same secret on "
+    "every server: `openssl rand -hex 32 > FILE`) or [tls] peers = true. !!!"
+)
+
+
+def peer_auth_mode(config: ServerConfig) -> str:
+    """How this server's peers authenticate: ``tls`` (certificates), ``secret`` or ``none``."""
+    if config.tls is not None and config.tls.peers:
+        return "tls"
+    return config.ensemble.peer_auth if config.ensemble is not None else "none"
+
+
 @contextlib.asynccontextmanager
 async def open_server(
     config: ServerConfig,
@@ -439,6 +458,14 @@ async def open_server(
     """
     if not __debug__:
         raise RuntimeError(OPTIMIZED_REFUSAL)
+    if config.tls is not None and config.tls.peers:
+        # Refused rather than ignored: a server that said "tls" and talked plain TCP would lie.
+        raise ConfigError(
+            "tls.peers: TLS between servers is not available in this version; "
+            "authenticate peers with [ensemble] secret_file"
+        )
+    if config.tls is not None and not CLIENT_TLS:
+        raise ConfigError("tls: TLS on the client port is not available in this version")
     # A standalone server replays its log at start, as ZooKeeper's does: it is its own
     # quorum, so everything it logged is committed (and as the leader of its next epoch
     # it would deliver its whole log anyway), and replaying here, in the recovery thread,
@@ -449,6 +476,8 @@ async def open_server(
         lambda: recover(config.data_dir, log_map_bytes=config.log_map_bytes, replay=replay)
     )
     server = server_type(config, recovered)
+    if config.ensemble is not None and peer_auth_mode(config) == "none":
+        log.warning(UNAUTHENTICATED_PEERS_WARNING)
     try:
         if client_listener is not None:
             listeners = [client_listener]

@@ -11,6 +11,8 @@ their modules; this one chooses and waits.
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Mapping
@@ -300,6 +302,18 @@ def _running(member: Member) -> RunningServer | None:
     return member.server
 
 
+PEER_SECRET_FILE = "peer.secret"
+
+
+def write_peer_secret(path: Path) -> Path:
+    """A new random peer secret (32 bytes, hex) in ``path``, readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secrets.token_hex(32) + "\n")
+    return path
+
+
 @contextlib.asynccontextmanager
 async def open_ensemble(
     size: int = 3,
@@ -312,6 +326,7 @@ async def open_ensemble(
     snap_chunk_bytes: int = 1 << 20,
     session_tick_ms: int = 100,
     base_port: int | None = None,
+    peer_secret: bool = True,
     **overrides: Any,
 ) -> AsyncIterator[Ensemble]:
     """Start ``size`` real servers and yield the :class:`Ensemble` (not yet waited for a leader).
@@ -327,6 +342,9 @@ async def open_ensemble(
         session_tick_ms: the session tick; sessions may time out from 2 ticks up.
         base_port: fixed ports instead of ephemeral ones: clients on ``base_port``,
             ``base_port + 1``, ...; peers on ``base_port + 1000``, ... (``coord ensemble``).
+        peer_secret: the servers authenticate each other with a fresh random secret
+            (``peer.secret`` in the ensemble's directory, as ``[ensemble] secret_file``),
+            as a real ensemble should; False runs them unauthenticated.
         overrides: further :class:`~coord.config.ServerConfig` fields for every server
             (with processes, only those a TOML file can set, e.g. ``snapshot_every_txns``).
 
@@ -342,12 +360,14 @@ async def open_ensemble(
         raise ValueError(f"base_port must be in 1..{highest} for {size} servers (or 0 or None), got {base_port}")
     temporary = data_dir is None
     base = Path(tempfile.mkdtemp(prefix="coord-ensemble-")) if data_dir is None else Path(data_dir)
-    timing = {
+    timing: dict[str, Any] = {
         "tick_ms": tick_ms,
         "init_limit_ticks": init_limit_ticks,
         "sync_limit_ticks": sync_limit_ticks,
         "snap_chunk_bytes": snap_chunk_bytes,
     }
+    if peer_secret:
+        timing["secret_file"] = write_peer_secret(base / PEER_SECRET_FILE)
     try:
         if processes:
             async with open_processes(size, base, timing, session_tick_ms, base_port, overrides) as (nursery, members):

@@ -180,7 +180,7 @@ def server_config(
 async def open_in_process(
     size: int,
     base: Path,
-    timing: dict[str, int],
+    timing: dict[str, Any],
     session_tick_ms: int,
     base_port: int | None,
     overrides: Mapping[str, Any],

@@ -327,7 +327,7 @@ async def stop_all(members: Mapping[int, ServerProcess]) -> None:
 async def open_processes(
     size: int,
     base: Path,
-    timing: dict[str, int],
+    timing: Mapping[str, Any],
     session_tick_ms: int,
     base_port: int | None,
     overrides: Mapping[str, Any],
@@ -397,7 +397,7 @@ def config_toml(
     data_dir: Path,
     clients: Mapping[int, Address],
     peers: Mapping[int, Address],
-    timing: Mapping[str, int],
+    timing: Mapping[str, Any],
     session_tick_ms: int,
     overrides: Mapping[str, Any],
 ) -> str:
@@ -406,7 +406,7 @@ def config_toml(
         "server": {"id": server_id, "data_dir": str(data_dir), "tick_ms": session_tick_ms},
         "sessions": {"min_timeout_ms": 2 * session_tick_ms, "max_timeout_ms": 600 * session_tick_ms},
         "storage": {"log_map_bytes": 256 << 20},
-        "ensemble": dict(timing),
+        "ensemble": {key: str(value) if isinstance(value, Path) else value for key, value in timing.items()},
     }
     for name, value in overrides.items():
         if name in TOML_KEYS:

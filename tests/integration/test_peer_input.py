@@ -29,9 +29,10 @@ import trio
 import client
 from coord import protocol
 from coord.config import load_config
-from coord.peer_handshake import PEER_PROTOCOL_VERSION
-from coord.protocol import HEADER, CreateRequest, GetDataRequest, encode_frame
+from coord.peer_handshake import PeerAuth, encode_hello, encode_proof, new_nonce, proof_of_secret, read_hello
+from coord.protocol import HEADER, CreateRequest, GetDataRequest
 from coord.testing import Ensemble, open_ensemble
+from coord.transport import peer_auth
 from coord.zab.codec import encode_message
 from coord.zab.messages import AckEpoch, AppToFollower, AppToLeader, FollowerInfo
 from tests.integration.hostile import TCP_ESTABLISHED, tcp_state
@@ -41,10 +42,6 @@ CLOSE_DEADLINE_S = 5.0
 
 def frame(body: bytes) -> bytes:
     return HEADER.pack(len(body)) + body
-
-
-def hello(server_id: int, ensemble_id: bytes) -> bytes:
-    return encode_frame({"coord_peer": PEER_PROTOCOL_VERSION, "server_id": server_id, "ensemble_id": ensemble_id})
 
 
 def forwarded_create(path: str) -> list[Any]:
@@ -110,29 +107,44 @@ BAD_ZAB_BODIES: list[tuple[str, bytes]] = [
 
 
 class Impostor:
-    """Connections to one server's peer port that claim another server's id."""
+    """Connections to one server's peer port that claim another server's id (holding the
+    ensemble's secret: the malformed input comes from a peer that authenticated)."""
 
-    def __init__(self, address: tuple[str, int], claimed_id: int, expected_id: int, ensemble_id: bytes) -> None:
+    def __init__(
+        self, address: tuple[str, int], claimed_id: int, expected_id: int, ensemble_id: bytes, auth: PeerAuth
+    ) -> None:
         self.address = address
         self.claimed_id = claimed_id
         self.expected_id = expected_id
         self.ensemble_id = ensemble_id
+        self.auth = auth
 
     async def open(self, then: bytes) -> trio.SocketStream:
-        """Dial, say hello and send ``then`` in the same write; check the answer's hello."""
+        """Dial and do the handshake (hello, the answer checked, the proof), sending ``then``
+        in the same write as the proof; nothing may follow the answer towards the dialer."""
         stream = await trio.open_tcp_stream(*self.address)
         try:
-            await stream.send_all(hello(self.claimed_id, self.ensemble_id) + then)
-            buffer = b""
+            nonce = new_nonce()
+            await stream.send_all(encode_hello(self.claimed_id, self.ensemble_id, auth=self.auth.mode, nonce=nonce))
             with trio.fail_after(CLOSE_DEADLINE_S):
-                while len(buffer) < 4 or len(buffer) < 4 + HEADER.unpack_from(buffer)[0]:
-                    data = await stream.receive_some(4096)
-                    assert data, "the server refused the impostor's hello"
-                    buffer += data
-            (length,) = HEADER.unpack_from(buffer)
-            answer = protocol.decode_body(buffer[4 : 4 + length])
+                answer, leftover = await read_hello(stream, receive_bytes=4096)
+            assert answer is not None, "the server refused the impostor's hello"
             assert answer["server_id"] == self.expected_id and answer["ensemble_id"] == self.ensemble_id, answer
-            assert len(buffer) == 4 + length, "nothing may follow the hello towards the dialer"
+            assert leftover == b"", "nothing may follow the hello towards the dialer"
+            proof = b""
+            if self.auth.secret is not None:
+                proof = encode_proof(
+                    proof_of_secret(
+                        self.auth.secret,
+                        "dial",
+                        ensemble_id=self.ensemble_id,
+                        dialer=self.claimed_id,
+                        acceptor=self.expected_id,
+                        dialer_nonce=nonce,
+                        acceptor_nonce=answer["nonce"],
+                    )
+                )
+            await stream.send_all(proof + then)
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
@@ -198,17 +210,24 @@ async def stopped_follower_and_leader(ensemble: Ensemble) -> tuple[int, int, int
     return leader, victim, epoch
 
 
-def ensemble_id_of(ensemble: Ensemble, server_id: int) -> bytes:
-    config = load_config(ensemble.process(server_id).config_path)
+def impostor_of(ensemble: Ensemble, target: int, claimed_id: int) -> Impostor:
+    """An impostor of ``claimed_id`` towards ``target``, with the ensemble's digest and secret."""
+    config = load_config(ensemble.process(target).config_path)
     assert config.ensemble is not None
-    return config.ensemble.ensemble_id
+    return Impostor(
+        ensemble.process(target).peer_address,
+        claimed_id,
+        target,
+        config.ensemble.ensemble_id,
+        peer_auth(config.ensemble),
+    )
 
 
 async def test_malformed_app_messages_from_a_fake_follower_drop_only_its_link() -> None:
     with trio.fail_after(120):
         async with open_ensemble(3, processes=True) as ensemble:
             leader, victim, epoch = await stopped_follower_and_leader(ensemble)
-            impostor = Impostor(ensemble.process(leader).peer_address, victim, leader, ensemble_id_of(ensemble, leader))
+            impostor = impostor_of(ensemble, leader, victim)
             async with client.connect(ensemble.connect_string_of(leader), session_timeout=10.0) as zk:
                 # The control: a well-formed application message from the impostor does
                 # reach the leader's pipeline (it creates a node) and keeps the link up.
@@ -241,7 +260,7 @@ async def test_malformed_zab_frames_close_only_that_link() -> None:
     with trio.fail_after(120):
         async with open_ensemble(3, processes=True) as ensemble:
             leader, victim, epoch = await stopped_follower_and_leader(ensemble)
-            impostor = Impostor(ensemble.process(leader).peer_address, victim, leader, ensemble_id_of(ensemble, leader))
+            impostor = impostor_of(ensemble, leader, victim)
             async with client.connect(ensemble.connect_string_of(leader), session_timeout=10.0) as zk:
                 not_closed = []
                 cases = [
@@ -291,9 +310,7 @@ async def test_malformed_app_messages_from_a_fake_leader_drop_only_its_link() ->
                 leader = await ensemble.wait_for_leader(30)
                 follower = min(server_id for server_id in ensemble.server_ids if server_id != leader)
                 epoch = (await ensemble.status(follower))["epoch"]
-                impostor = Impostor(
-                    ensemble.process(follower).peer_address, leader, follower, ensemble_id_of(ensemble, follower)
-                )
+                impostor = impostor_of(ensemble, follower, leader)
                 message = AppToFollower(epoch=epoch, commit_zxid=0, payload=payload)
                 link = await impostor.open(frame(encode_message(message)))
                 try:

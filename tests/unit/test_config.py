@@ -19,6 +19,8 @@ from coord.config import (
     load_config,
     parse_listen,
 )
+from coord.config.security_table import read_peer_secret
+from coord.config.settings import TlsConfig
 
 FULL = """\
 [server]
@@ -101,7 +103,16 @@ def test_module_docstring_example_is_a_valid_config_of_the_defaults(tmp_path: Pa
     assert doc is not None
     example = doc.split("::\n", 1)[1].split("\nLoading", 1)[0]
     text = "\n".join(line[4:] for line in example.splitlines())
-    assert load_config(write(tmp_path, text)) == ServerConfig()
+    # [tls] turns TLS on: every other table is at its defaults, this one is shown filled in
+    defaults, tls = text.split("\n[tls]", 1)
+    assert load_config(write(tmp_path, defaults)) == ServerConfig()
+    for name in ("server.pem", "server.key", "ca.pem"):
+        (tmp_path / name).write_text("-")
+    files = re.sub(r'= "(\w+\.\w+)"', rf'= "{tmp_path}/\1"', tls)
+    config = load_config(write(tmp_path, defaults + "\n[tls]" + files))
+    assert config.tls == TlsConfig(
+        cert_file=tmp_path / "server.pem", key_file=tmp_path / "server.key", ca_file=tmp_path / "ca.pem"
+    )
 
 
 def test_every_key_appears_in_the_docstring_example() -> None:
@@ -363,9 +374,15 @@ def test_ensemble_timing_has_documented_defaults(tmp_path: Path) -> None:
     assert (ensemble.tick_ms, ensemble.init_limit_ticks, ensemble.sync_limit_ticks) == (100, 20, 5)
 
 
-def test_ensemble_docstring_example_loads_with_the_default_timing(tmp_path: Path) -> None:
+def test_ensemble_docstring_example_loads_with_the_default_timing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "peer.secret").write_bytes(b"0123456789abcdef0123456789abcdef\n")
+    (tmp_path / "peer.secret").chmod(0o600)
     config = load_config(write(tmp_path, ensemble_doc_example()))
     assert config.ensemble is not None
+    assert config.ensemble.secret_file == Path("peer.secret") and config.ensemble.peer_auth == "secret"
     assert config.ensemble.voters == (1, 2, 3)
     assert (config.ensemble.tick_ms, config.ensemble.init_limit_ticks, config.ensemble.sync_limit_ticks) == (
         100,
@@ -518,3 +535,81 @@ def test_ensemble_keys_are_listed() -> None:
     keys = config_keys()
     for key in ["ensemble.tick_ms", "ensemble.init_limit_ticks", "ensemble.sync_limit_ticks", "ensemble.servers"]:
         assert key in keys
+
+
+# --- the security keys -------------------------------------------------------------------
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> Path:
+    for name in ("server.pem", "server.key", "ca.pem"):
+        (tmp_path / name).write_text("-")
+    return tmp_path
+
+
+BOTH = 'cert_file = "{d}/server.pem"\nkey_file = "{d}/server.key"\n'
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('key_file = "{d}/server.key"', r"tls.cert_file: required in \[tls\]"),
+        ('cert_file = "{d}/server.pem"', r"tls.key_file: required in \[tls\]"),
+        ('cert_file = "{d}/missing.pem"\nkey_file = "{d}/server.key"', "tls.cert_file: cannot read .*missing.pem"),
+        (BOTH + 'client_auth = "yes"', "tls.client_auth: must be one of"),
+        (BOTH + 'client_auth = "required"', "tls.ca_file: required with client_auth = 'required'"),
+        (BOTH + "peers = true", "tls.ca_file: required with peers = true"),
+        (BOTH + "peers = 1", "tls.peers: must be true or false"),
+        ("", "tls.cert_file: required in"),
+    ],
+)
+def test_a_wrong_tls_table_is_refused_naming_the_key(certs: Path, table: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(certs, "[tls]\n" + table.format(d=certs) + "\n"))
+
+
+def test_tls_settings_load(certs: Path) -> None:
+    text = f'[tls]\ncert_file = "{certs}/server.pem"\nkey_file = "{certs}/server.key"\nca_file = "{certs}/ca.pem"\n'
+    config = load_config(write(certs, text + 'client_auth = "optional"\npeers = true\n'))
+    assert config.tls == TlsConfig(
+        cert_file=certs / "server.pem",
+        key_file=certs / "server.key",
+        ca_file=certs / "ca.pem",
+        client_auth="optional",
+        peers=True,
+    )
+    assert load_config(write(certs, text), overrides={"tls.peers": "true"}).tls.peers  # type: ignore[union-attr]
+    assert load_config().tls is None
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read"),
+        (b"", "holds 0 bytes"),
+        (b"  short secret  \n", "holds 12 bytes; a peer secret needs at least 16"),
+    ],
+)
+def test_a_missing_or_short_peer_secret_is_refused(tmp_path: Path, content: bytes | None, message: str) -> None:
+    secret = tmp_path / "peer.secret"
+    if content is not None:
+        secret.write_bytes(content)
+    with pytest.raises(ConfigError, match=f"ensemble.secret_file: .*{message}"):
+        load_config(write(tmp_path, f'[ensemble]\nsecret_file = "{secret}"\n' + SERVERS_ONLY))
+
+
+def test_a_peer_secret_others_can_read_is_taken_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = tmp_path / "peer.secret"
+    secret.write_bytes(b"0123456789abcdef")
+    secret.chmod(0o644)
+    body = SERVERS_ONLY
+    config = load_config(write(tmp_path, f'[ensemble]\nsecret_file = "{secret}"\n' + body))
+    assert config.ensemble is not None and config.ensemble.secret_file == secret
+    assert "can be read by other users" in caplog.text
+    secret.chmod(0o600)
+    caplog.clear()
+    load_config(write(tmp_path, f'[ensemble]\nsecret_file = "{secret}"\n' + body))
+    assert "other users" not in caplog.text
+    assert read_peer_secret(secret) == b"0123456789abcdef"
