@@ -53,6 +53,7 @@ _AUTH_MODES: Final = frozenset({AUTH_NONE, AUTH_SECRET})
 
 _HELLO_KEYS: Final = frozenset({"coord_peer", "server_id", "ensemble_id", "auth", "nonce"})
 _PROOF_KEY: Final = "coord_peer_proof"
+_RECEIVE_BYTES: Final = 4096  # a handshake frame is small: read it in small pieces
 
 
 class HandshakeRefusedError(Exception):
@@ -274,6 +275,70 @@ async def read_hello(stream: trio.abc.ReceiveStream, *, receive_bytes: int, buff
         buffer += data
 
 
+async def dial_handshake(
+    stream: trio.abc.Stream, auth: PeerAuth, *, own_id: int, target: int, ensemble_id: bytes
+) -> bytes:
+    """The dialer's side: our hello, the acceptor's answer (checked, its proof too), then
+    our proof; returns what came after the answer (nothing may).
+
+    Raises:
+        ProtocolError, HandshakeRefusedError: as :func:`check_answer`.
+    """
+    nonce = new_nonce()
+    await stream.send_all(encode_hello(own_id, ensemble_id, auth=auth.mode, nonce=nonce))
+    reply, leftover = await read_hello(stream, receive_bytes=_RECEIVE_BYTES)
+    answer = check_answer(reply, target=target, own_id=own_id, ensemble_id=ensemble_id, auth=auth, nonce=nonce)
+    if auth.secret is not None:
+        proof = proof_of_secret(
+            auth.secret,
+            "dial",
+            ensemble_id=ensemble_id,
+            dialer=own_id,
+            acceptor=target,
+            dialer_nonce=nonce,
+            acceptor_nonce=answer.nonce,
+        )
+        await stream.send_all(encode_proof(proof))
+    return leftover
+
+
+async def accept_handshake(
+    stream: trio.abc.Stream,
+    auth: PeerAuth,
+    hello: object,
+    leftover: bytes,
+    *,
+    own_id: int,
+    peers: Collection[int],
+    ensemble_id: bytes,
+) -> tuple[int, bytes]:
+    """The acceptor's side, given the dialer's ``hello`` (and the bytes read after it):
+    check it, answer, check the dialer's proof; returns its id and what came after.
+
+    Raises:
+        ProtocolError, HandshakeRefusedError: as :func:`check_hello` and :func:`check_proof`.
+    """
+    dialer = check_hello(hello, own_id=own_id, peers=peers, ensemble_id=ensemble_id, auth=auth)
+    nonce = new_nonce()
+    proofs: dict[str, bytes] = {}
+    if auth.secret is not None:
+        for role in ("accept", "dial"):
+            proofs[role] = proof_of_secret(
+                auth.secret,
+                role,
+                ensemble_id=ensemble_id,
+                dialer=dialer.server_id,
+                acceptor=own_id,
+                dialer_nonce=dialer.nonce,
+                acceptor_nonce=nonce,
+            )
+    await stream.send_all(encode_hello(own_id, ensemble_id, auth=auth.mode, nonce=nonce, proof=proofs.get("accept")))
+    if auth.mode == AUTH_SECRET:
+        item, leftover = await read_hello(stream, receive_bytes=_RECEIVE_BYTES, buffered=leftover)
+        check_proof(item, proofs["dial"], source=dialer.server_id)
+    return dialer.server_id, leftover
+
+
 def _short(ensemble_id: bytes) -> str:
     return ensemble_id[:6].hex() or "empty"
 
@@ -287,9 +352,11 @@ __all__ = [
     "HandshakeRefusedError",
     "Hello",
     "PeerAuth",
+    "accept_handshake",
     "check_answer",
     "check_hello",
     "check_proof",
+    "dial_handshake",
     "encode_hello",
     "encode_proof",
     "new_nonce",

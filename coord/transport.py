@@ -77,20 +77,8 @@ import trio
 from coord.config import Address, EnsembleConfig
 from coord.config import format_address as _name
 from coord.config.security_table import read_peer_secret
-from coord.peer_handshake import (
-    AUTH_SECRET,
-    HandshakeRefusedError,
-    PeerAuth,
-    check_answer,
-    check_hello,
-    check_proof,
-    encode_hello,
-    encode_proof,
-    new_nonce,
-    proof_of_secret,
-    read_hello,
-)
 from coord.peer_handshake import PEER_PROTOCOL_VERSION as PEER_PROTOCOL_VERSION
+from coord.peer_handshake import HandshakeRefusedError, PeerAuth, accept_handshake, dial_handshake, read_hello
 from coord.peer_listeners import bind_peer_listeners as bind_peer_listeners
 from coord.peer_listeners import listener_address as listener_address
 from coord.protocol import HEADER, FrameReader, ProtocolError
@@ -415,7 +403,9 @@ class PeerTransport:
                     # the normal state of a link while the other server is down
                     log.debug("link to server %d: cannot connect to %s: %s", target, _name(link.address), error)
                     return
-                leftover = await self._dial_handshake(stream, target)
+                leftover = await dial_handshake(
+                    stream, self._auth, own_id=self.server_id, target=target, ensemble_id=self.ensemble_id
+                )
             if timeout.cancelled_caught:
                 log.warning("link to server %d: no handshake answer within %ss", target, HANDSHAKE_TIMEOUT_S)
                 return
@@ -439,52 +429,6 @@ class PeerTransport:
         finally:
             if stream is not None:
                 await trio.aclose_forcefully(stream)
-
-    async def _dial_handshake(self, stream: trio.SocketStream, target: int) -> bytes:
-        """Our hello, the acceptor's answer (checked, its proof too), our proof; what came after."""
-        auth = self._auth
-        nonce = new_nonce()
-        await stream.send_all(encode_hello(self.server_id, self.ensemble_id, auth=auth.mode, nonce=nonce))
-        reply, leftover = await read_hello(stream, receive_bytes=RECEIVE_BYTES)
-        answer = check_answer(
-            reply, target=target, own_id=self.server_id, ensemble_id=self.ensemble_id, auth=auth, nonce=nonce
-        )
-        if auth.secret is not None:
-            proof = proof_of_secret(
-                auth.secret,
-                "dial",
-                ensemble_id=self.ensemble_id,
-                dialer=self.server_id,
-                acceptor=target,
-                dialer_nonce=nonce,
-                acceptor_nonce=answer.nonce,
-            )
-            await stream.send_all(encode_proof(proof))
-        return leftover
-
-    async def _accept_handshake(self, stream: trio.SocketStream, hello: object, leftover: bytes) -> tuple[int, bytes]:
-        """Check the dialer's hello, answer it, check its proof; its id and what came after."""
-        auth = self._auth
-        dialer = check_hello(hello, own_id=self.server_id, peers=self._peers, ensemble_id=self.ensemble_id, auth=auth)
-        nonce = new_nonce()
-        proofs = {}
-        if auth.secret is not None:
-            for role in ("accept", "dial"):
-                proofs[role] = proof_of_secret(
-                    auth.secret,
-                    role,
-                    ensemble_id=self.ensemble_id,
-                    dialer=dialer.server_id,
-                    acceptor=self.server_id,
-                    dialer_nonce=dialer.nonce,
-                    acceptor_nonce=nonce,
-                )
-        answer = encode_hello(self.server_id, self.ensemble_id, auth=auth.mode, nonce=nonce, proof=proofs.get("accept"))
-        await stream.send_all(answer)
-        if auth.mode == AUTH_SECRET:
-            item, leftover = await read_hello(stream, receive_bytes=RECEIVE_BYTES, buffered=leftover)
-            check_proof(item, proofs["dial"], source=dialer.server_id)
-        return dialer.server_id, leftover
 
     @staticmethod
     async def _write(link: _OutLink, stream: trio.SocketStream, scope: trio.CancelScope) -> None:
@@ -523,7 +467,10 @@ class PeerTransport:
                     if hello is None:
                         log.info("peer connection from %s: closed before its handshake", name)
                         return
-                    identified, leftover = await self._accept_handshake(stream, hello, leftover)
+                    identified, leftover = await accept_handshake(
+                        stream, self._auth, hello, leftover, own_id=self.server_id, peers=self._peers,
+                        ensemble_id=self.ensemble_id,
+                    )  # fmt: skip
                 if timeout.cancelled_caught or identified is None:
                     log.warning("peer connection from %s: no handshake within %ss; closing", name, HANDSHAKE_TIMEOUT_S)
                     return
