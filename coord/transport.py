@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Final, Protocol
@@ -81,6 +82,7 @@ from coord.peer_handshake import PEER_PROTOCOL_VERSION as PEER_PROTOCOL_VERSION
 from coord.peer_handshake import HandshakeRefusedError, PeerAuth, accept_handshake, dial_handshake, read_hello
 from coord.peer_listeners import bind_peer_listeners as bind_peer_listeners
 from coord.peer_listeners import listener_address as listener_address
+from coord.peer_tls import PeerTls
 from coord.protocol import HEADER, FrameReader, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -182,6 +184,8 @@ class PeerTransport:
         rng: randomness for the backoff jitter (seed it for reproducible tests).
         auth: how peers prove they belong (:class:`coord.peer_handshake.PeerAuth`: a shared
             secret, or none); every server of the ensemble must use the same.
+        tls: TLS on every link, both ways authenticated by certificate
+            (:class:`coord.peer_tls.PeerTls`); None: plain TCP.
         gate: a :class:`LinkGate` that may close every link for a while (fault hooks);
             None (the default) for links that are always allowed.
 
@@ -209,6 +213,7 @@ class PeerTransport:
         rng: random.Random | None = None,
         gate: LinkGate | None = None,
         auth: PeerAuth | None = None,
+        tls: PeerTls | None = None,
     ) -> None:
         if server_id not in peers:
             raise ValueError(f"server {server_id} is not in peers {sorted(peers)}")
@@ -226,6 +231,7 @@ class PeerTransport:
         self._queue_bytes_max = queue_bytes_max
         self._rng = rng if rng is not None else random.Random()
         self._auth = auth if auth is not None else PeerAuth()
+        self._tls = tls
         self._links = {
             target: _OutLink(target, address) for target, address in sorted(peers.items()) if target != server_id
         }
@@ -394,7 +400,7 @@ class PeerTransport:
     async def _run_link(self, link: _OutLink) -> None:
         """One connection of ``link``: dial, handshake, then write until it breaks."""
         target = link.target
-        stream: trio.SocketStream | None = None
+        stream: trio.abc.Stream | None = None
         try:
             with trio.move_on_after(HANDSHAKE_TIMEOUT_S) as timeout:
                 try:
@@ -403,6 +409,10 @@ class PeerTransport:
                     # the normal state of a link while the other server is down
                     log.debug("link to server %d: cannot connect to %s: %s", target, _name(link.address), error)
                     return
+                if self._tls is not None:
+                    # the certificate must name the host we dialed (and be of the ensemble's CA)
+                    stream = trio.SSLStream(stream, self._tls.client_context, server_hostname=link.address[0])
+                    await stream.do_handshake()
                 leftover = await dial_handshake(
                     stream, self._auth, own_id=self.server_id, target=target, ensemble_id=self.ensemble_id
                 )
@@ -425,13 +435,16 @@ class PeerTransport:
         except (_LinkBrokenError, HandshakeRefusedError, ProtocolError) as error:
             log.warning("link to server %d (%s): %s; closing", target, _name(link.address), error)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
-            log.info("link to server %d: connection lost (%s)", target, error.__cause__ or error)
+            if isinstance(error.__cause__, ssl.SSLError):
+                log.warning("link to server %d (%s): TLS refused: %s", target, _name(link.address), error.__cause__)
+            else:
+                log.info("link to server %d: connection lost (%s)", target, error.__cause__ or error)
         finally:
             if stream is not None:
                 await trio.aclose_forcefully(stream)
 
     @staticmethod
-    async def _write(link: _OutLink, stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+    async def _write(link: _OutLink, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
         """Flush the link's queue, everything queued in one ``send_all``, until it breaks."""
         try:
             while True:
@@ -450,7 +463,7 @@ class PeerTransport:
 
     # --- incoming links -----------------------------------------------------------------
 
-    async def _handle_incoming(self, stream: trio.SocketStream) -> None:
+    async def _handle_incoming(self, stream: trio.abc.Stream) -> None:
         """One accepted connection: the handshake, then deliver its frames until it closes."""
         name = _remote_name(stream)
         scope = trio.CancelScope()
@@ -463,6 +476,10 @@ class PeerTransport:
                     return
                 identified: int | None = None
                 with trio.move_on_after(HANDSHAKE_TIMEOUT_S) as timeout:
+                    if self._tls is not None:
+                        # the dialer must present a certificate of the ensemble's CA
+                        stream = trio.SSLStream(stream, self._tls.server_context, server_side=True)
+                        await stream.do_handshake()
                     hello, leftover = await read_hello(stream, receive_bytes=RECEIVE_BYTES)
                     if hello is None:
                         log.info("peer connection from %s: closed before its handshake", name)
@@ -492,7 +509,10 @@ class PeerTransport:
             label = f"server {source}" if source is not None else "unidentified peer"
             log.warning("peer connection from %s (%s): %s; closing", name, label, error)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
-            log.info("peer connection from %s: lost (%s)", name, error.__cause__ or error)
+            if isinstance(error.__cause__, ssl.SSLError):
+                log.warning("peer connection from %s: TLS refused: %s; closing", name, error.__cause__)
+            else:
+                log.info("peer connection from %s: lost (%s)", name, error.__cause__ or error)
         finally:
             self._unidentified.discard(scope)
             if source is not None and self._incoming.get(source) is scope:
@@ -503,7 +523,7 @@ class PeerTransport:
             await trio.aclose_forcefully(stream)
 
     async def _read_frames(
-        self, stream: trio.SocketStream, reader: FrameReader, source: int, scope: trio.CancelScope
+        self, stream: trio.abc.Stream, reader: FrameReader, source: int, scope: trio.CancelScope
     ) -> None:
         deliver = self._deliver
         incoming = self._incoming
@@ -520,7 +540,7 @@ class PeerTransport:
             if not data:
                 log.info("link from server %d: closed by the sender", source)
                 return
-            reader.feed(data)
+            reader.feed(bytes(data))
 
     def _deliver_to_channel(self, source: int, data: bytes) -> None:
         self._received_in.send_nowait((source, data))
@@ -529,7 +549,7 @@ class PeerTransport:
 # --- helpers -------------------------------------------------------------------------------
 
 
-async def _wait_closed(stream: trio.SocketStream) -> tuple[str, bool]:
+async def _wait_closed(stream: trio.abc.Stream) -> tuple[str, bool]:
     """Wait until the other end closes our outgoing connection or misbehaves.
 
     Returns:
@@ -548,7 +568,9 @@ async def _wait_closed(stream: trio.SocketStream) -> tuple[str, bool]:
     return "closed by the receiving end", False
 
 
-def _remote_name(stream: trio.SocketStream) -> str:
+def _remote_name(stream: trio.abc.Stream) -> str:
+    if not isinstance(stream, trio.SocketStream):
+        return "?"
     try:
         return _name(stream.socket.getpeername()[:2])
     except OSError:

@@ -39,6 +39,7 @@ from coord import protocol
 from coord.config import ConfigError, ServerConfig
 from coord.durable import LogDurableState, write_records
 from coord.errors import CoordError, StorageError
+from coord.peer_tls import PeerTls
 from coord.pipeline import Mode, Pipeline, PipelineConfig
 from coord.recovery import Recovered, recover
 from coord.server.clients import HANDSHAKE_TIMEOUT_S as HANDSHAKE_TIMEOUT_S
@@ -147,6 +148,7 @@ class Server(ClientConnections):
                 on_link_down=self._on_peer_link_down,
                 gate=peer_gate,
                 auth=peer_auth(ensemble),
+                tls=PeerTls(config.tls) if config.tls is not None and config.tls.peers else None,
             )
         self._conns: dict[int, ClientConnection] = {}
         self._ids = itertools.count(1)
@@ -458,13 +460,8 @@ async def open_server(
     """
     if not __debug__:
         raise RuntimeError(OPTIMIZED_REFUSAL)
-    if config.tls is not None and config.tls.peers:
-        # Refused rather than ignored: a server that said "tls" and talked plain TCP would lie.
-        raise ConfigError(
-            "tls.peers: TLS between servers is not available in this version; "
-            "authenticate peers with [ensemble] secret_file"
-        )
     if config.tls is not None and not CLIENT_TLS:
+        # Refused rather than ignored: a server that said "tls" and talked plain TCP would lie.
         raise ConfigError("tls: TLS on the client port is not available in this version")
     # A standalone server replays its log at start, as ZooKeeper's does: it is its own
     # quorum, so everything it logged is committed (and as the leader of its next epoch
