@@ -32,6 +32,7 @@ from client._retry import RETRYABLE as RETRYABLE
 from client._retry import Retry as Retry
 from client._state import ConnectionState as ConnectionState
 from client._state import StateStream as StateStream
+from client._tls import client_context as client_context
 from client._transaction import Transaction as Transaction
 from client._watch import Watch as Watch
 from client._watch import WatchEvent as WatchEvent
@@ -74,6 +75,7 @@ from coord.protocol import Stat as ZnodeStat
 from coord.protocol import WatcherType as WatcherType
 
 __all__ = [
+    "client_context",
     "Client",
     "connect",
     "DEFAULT_PORT",

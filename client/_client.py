@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Literal, NoReturn, ParamSpec, TypeVar, overload
 
@@ -41,6 +42,7 @@ import trio
 from client._connection import Connection, OpenStream, open_tcp, parse_hosts
 from client._retry import Retry
 from client._state import ConnectionState, StateStream
+from client._tls import client_context, tls_opener
 from client._transaction import Transaction
 from client._validate import check_path, check_value, check_version, create_mode
 from client._watch import Watch, WatchStream
@@ -494,8 +496,10 @@ async def connect(
     max_reconnect_delay: float = 1.0,
     data_bytes_max: int = DATA_BYTES_MAX_DEFAULT,
     rng: random.Random | None = None,
-    open_stream: OpenStream = open_tcp,
+    open_stream: OpenStream | None = None,
     fail_fast: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
+    tls: bool = False,
 ) -> AsyncIterator[Client]:
     """Open a session: ``async with client.connect("h1:2281,h2:2281") as zk:``.
 
@@ -516,6 +520,9 @@ async def connect(
         rng: the source of host shuffling and backoff jitter.
         open_stream: how to reach a server (``await open_stream(host, port)``); TCP by
             default, replaceable for TLS or tests.
+        ssl_context: speak TLS to the servers with this context (hostname
+            verification on by default; see :func:`client.client_context`).
+        tls: speak TLS with the system's CAs (``ssl.create_default_context()``).
         fail_fast: for one-shot tools: give up on the first session at once (after a
             few quick rounds) when every server refuses the connection or its name
             does not resolve, rather than retrying until ``connect_timeout``. Only the
@@ -531,6 +538,10 @@ async def connect(
     """
     if not session_timeout > 0:
         raise BadArgumentsError(f"session_timeout must be positive, not {session_timeout!r}")
+    if (ssl_context is not None) + tls + (open_stream is not None) > 1:
+        raise BadArgumentsError("give one of ssl_context, tls=True and open_stream, not several")
+    if ssl_context is not None or tls:
+        open_stream = tls_opener(ssl_context if ssl_context is not None else client_context())
     connection = Connection(
         parse_hosts(hosts),
         session_timeout_ms=int(session_timeout * 1000),
@@ -538,7 +549,7 @@ async def connect(
         max_reconnect_delay=max_reconnect_delay,
         data_bytes_max=data_bytes_max,
         rng=rng or random.Random(),
-        open_stream=open_stream,
+        open_stream=open_stream or open_tcp,
         fail_fast=fail_fast,
     )
     zk = Client(connection, data_bytes_max=data_bytes_max)

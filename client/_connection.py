@@ -52,6 +52,7 @@ import errno
 import logging
 import random
 import socket
+import ssl
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
@@ -103,6 +104,8 @@ def _hopeless(error: BaseException) -> str | None:
     """
     if isinstance(error, ConnectionRefusedError):
         return "connection refused"
+    if isinstance(error.__cause__, ssl.SSLError):  # client._tls: the TLS handshake failed
+        return f"TLS refused: {error.__cause__}"
     if isinstance(error, socket.gaierror) and error.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)):
         return "unknown host"
     if isinstance(error, OSError) and error.errno == errno.ECONNREFUSED:

@@ -218,7 +218,7 @@ class SessionCore:
         """
         reader = self._reader
         assert reader is not None
-        reader.feed(data)  # type: ignore[arg-type]  # any bytes-like works; trio gives bytearray too
+        reader.feed(data)  # trio gives bytes or bytearray
         # Take every complete frame: leaving a FrameReader's iteration early would
         # keep the current frame in its buffer. Frames after the answer wait in
         # _early_frames for receive().
@@ -327,7 +327,7 @@ class SessionCore:
         reader = self._reader
         assert reader is not None
         if data:
-            reader.feed(data)  # type: ignore[arg-type]  # any bytes-like works; trio gives bytearray too
+            reader.feed(data)  # trio gives bytes or bytearray
         if self._early_frames:
             frames: Any = [*self._early_frames, *reader]
             self._early_frames = []

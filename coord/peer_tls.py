@@ -27,6 +27,7 @@ import ssl
 
 from coord.config import ConfigError
 from coord.config.settings import TlsConfig
+from coord.tls import load_ca, load_chain
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +67,8 @@ def _contexts(tls: TlsConfig) -> tuple[ssl.SSLContext, ssl.SSLContext]:
 
 
 def _context(purpose: ssl.Purpose, tls: TlsConfig) -> ssl.SSLContext:
-    try:
-        context = ssl.create_default_context(purpose, cafile=str(tls.ca_file))
-    except (OSError, ssl.SSLError) as error:
-        raise ConfigError(f"tls.ca_file: cannot load {tls.ca_file}: {_reason(error)}") from None
+    context = ssl.create_default_context(purpose)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    except (OSError, ssl.SSLError) as error:
-        raise ConfigError(f"tls.cert_file: cannot load {tls.cert_file} with {tls.key_file}: {_reason(error)}") from None
+    load_ca(context, tls)
+    load_chain(context, tls)
     return context
-
-
-def _reason(error: OSError | ssl.SSLError) -> str:
-    """A short reason: the library's reason code or the OS's message, never key material."""
-    if isinstance(error, ssl.SSLError) and error.reason:
-        return str(error.reason).lower().replace("_", " ")
-    return error.strerror or str(error)

@@ -8,6 +8,7 @@ returns), then the server closes the connection. No session is opened.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -18,14 +19,19 @@ from coord.config import Address
 RECEIVE_BYTES = 65536
 
 
-async def request_status(address: Address) -> dict[str, Any]:
+async def request_status(
+    address: Address, *, open_stream: Callable[[str, int], Awaitable[Any]] = trio.open_tcp_stream
+) -> dict[str, Any]:
     """Ask the server at ``address`` (``(host, port)``) for its status.
+
+    ``open_stream`` reaches it (TCP by default; the CLI passes a TLS opener).
 
     Raises:
         OSError: it cannot be reached.
+        CoordError: the TLS opener's refusal.
         ProtocolError: it closed the connection or answered something else than a map.
     """
-    stream = await trio.open_tcp_stream(*address)
+    stream: trio.abc.Stream = await open_stream(*address)
     async with stream:
         await stream.send_all(protocol.encode_frame(protocol.StatusRequest().to_wire()))
         status = await receive_item(stream, protocol.FrameReader(protocol.frame_bytes_max()))
@@ -34,7 +40,7 @@ async def request_status(address: Address) -> dict[str, Any]:
         return status
 
 
-async def receive_item(stream: trio.SocketStream, reader: protocol.FrameReader) -> Any:
+async def receive_item(stream: trio.abc.ReceiveStream, reader: protocol.FrameReader) -> Any:
     """The next frame's CBOR item (``Any``: whatever the server sent), read through ``reader``.
 
     Raises:

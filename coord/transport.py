@@ -231,7 +231,7 @@ class PeerTransport:
         self._queue_bytes_max = queue_bytes_max
         self._rng = rng if rng is not None else random.Random()
         self._auth = auth if auth is not None else PeerAuth()
-        self._tls = tls
+        self.tls = tls
         self._links = {
             target: _OutLink(target, address) for target, address in sorted(peers.items()) if target != server_id
         }
@@ -409,9 +409,9 @@ class PeerTransport:
                     # the normal state of a link while the other server is down
                     log.debug("link to server %d: cannot connect to %s: %s", target, _name(link.address), error)
                     return
-                if self._tls is not None:
+                if self.tls is not None:
                     # the certificate must name the host we dialed (and be of the ensemble's CA)
-                    stream = trio.SSLStream(stream, self._tls.client_context, server_hostname=link.address[0])
+                    stream = trio.SSLStream(stream, self.tls.client_context, server_hostname=link.address[0])
                     await stream.do_handshake()
                 leftover = await dial_handshake(
                     stream, self._auth, own_id=self.server_id, target=target, ensemble_id=self.ensemble_id
@@ -476,9 +476,9 @@ class PeerTransport:
                     return
                 identified: int | None = None
                 with trio.move_on_after(HANDSHAKE_TIMEOUT_S) as timeout:
-                    if self._tls is not None:
+                    if self.tls is not None:
                         # the dialer must present a certificate of the ensemble's CA
-                        stream = trio.SSLStream(stream, self._tls.server_context, server_side=True)
+                        stream = trio.SSLStream(stream, self.tls.server_context, server_side=True)
                         await stream.do_handshake()
                     hello, leftover = await read_hello(stream, receive_bytes=RECEIVE_BYTES)
                     if hello is None:
@@ -540,7 +540,7 @@ class PeerTransport:
             if not data:
                 log.info("link from server %d: closed by the sender", source)
                 return
-            reader.feed(bytes(data))
+            reader.feed(data)
 
     def _deliver_to_channel(self, source: int, data: bytes) -> None:
         self._received_in.send_nowait((source, data))

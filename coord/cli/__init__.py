@@ -44,8 +44,10 @@ from coord.cli.args import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     UsageError,
+    add_tls_arguments,
     positive_seconds,
     server_list,
+    tls_context,
 )
 from coord.cli.commands import client_command, fetch_status, status
 from coord.config import ConfigError
@@ -75,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--server", default=None, help="host:port,... (default: $COORD_SERVERS or %(default)s)")
         sub.add_argument("--timeout", type=positive_seconds, default=10.0, help="seconds to wait for the service")
+        add_tls_arguments(sub)
         return sub
 
     status = client_command("status", "show a server's role, zxid, sessions, znodes, watches")
@@ -135,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in lock.COMMANDS:
             return lock.run(args)
         args.servers = server_list(args)
+        args.ssl_context = tls_context(args)
         if args.command == "status":
             return trio.run(status, args)
         if args.command == "backup":

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import ssl
+from collections.abc import Awaitable, Callable
 
 import client
-from client._connection import parse_hosts
+from client._connection import open_tcp, parse_hosts
+from client._tls import tls_opener
 
 DEFAULT_SERVERS = "127.0.0.1:2281"
 EXIT_OK = 0
@@ -63,7 +66,45 @@ def server_list(args: argparse.Namespace) -> str:
     return text
 
 
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--tls``, ``--tls-ca``, ``--tls-cert``, ``--tls-key``: how a client command speaks TLS."""
+    parser.add_argument("--tls", action="store_true", help="speak TLS, trusting the system's CAs")
+    parser.add_argument("--tls-ca", metavar="FILE", help="speak TLS, trusting this CA ($COORD_TLS_CA)")
+    parser.add_argument("--tls-cert", metavar="FILE", help="client certificate for TLS ($COORD_TLS_CERT)")
+    parser.add_argument("--tls-key", metavar="FILE", help="its private key ($COORD_TLS_KEY)")
+
+
+def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The TLS context the flags (or ``$COORD_TLS_*``) ask for; None: plain TCP.
+
+    Raises:
+        UsageError: a key without a certificate, or a file that does not load.
+    """
+    ca = args.tls_ca or os.environ.get("COORD_TLS_CA") or None
+    cert = args.tls_cert or os.environ.get("COORD_TLS_CERT") or None
+    key = args.tls_key or os.environ.get("COORD_TLS_KEY") or None
+    if not (args.tls or ca or cert or key):
+        return None
+    if key and not cert:
+        raise UsageError("--tls-key: needs --tls-cert (the certificate it belongs to)")
+    try:
+        return client.client_context(ca, cert, key)
+    except (OSError, ssl.SSLError) as error:
+        what = "--tls-ca" if ca and not cert else "--tls-cert/--tls-ca"
+        reason = getattr(error, "reason", None) or getattr(error, "strerror", None) or error
+        raise UsageError(f"{what}: cannot load the TLS files: {reason}") from None
+
+
+def stream_opener(args: argparse.Namespace) -> Callable[[str, int], Awaitable[object]]:
+    """How the command reaches a server: TCP, or TLS when the flags ask for it."""
+    context = getattr(args, "ssl_context", None)
+    return tls_opener(context) if context is not None else open_tcp
+
+
 __all__ = [
+    "add_tls_arguments",
+    "stream_opener",
+    "tls_context",
     "DEFAULT_SERVERS",
     "EXIT_API_ERROR",
     "EXIT_OK",

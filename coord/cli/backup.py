@@ -36,16 +36,16 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import trio
 
 from client._connection import parse_hosts
 from coord import protocol
-from coord.cli.args import EXIT_API_ERROR, EXIT_OK, EXIT_UNREACHABLE
+from coord.cli.args import EXIT_API_ERROR, EXIT_OK, EXIT_UNREACHABLE, stream_opener
 from coord.config import Address, format_address
 from coord.errors import CoordError, StorageError
 from coord.protocol.handshake import BackupEnd, BackupPiece, BackupRequest, BackupStart, decode_backup_frame
@@ -99,7 +99,9 @@ async def backup(args: argparse.Namespace) -> int:
     for address in parse_hosts(args.servers, default_port=None):
         name = format_address(address)
         try:
-            result = await backup_to_file(address, file, timeout=args.timeout, progress=Progress(sys.stderr))
+            result = await backup_to_file(
+                address, file, timeout=args.timeout, progress=Progress(sys.stderr), open_stream=stream_opener(args)
+            )
         except ServerUnreachableError as error:
             failures.append(f"{name}: {error}")
             continue
@@ -122,7 +124,12 @@ async def backup(args: argparse.Namespace) -> int:
 
 
 async def backup_to_file(
-    address: Address, file: Path, *, timeout: float, progress: Progress | None = None
+    address: Address,
+    file: Path,
+    *,
+    timeout: float,
+    progress: Progress | None = None,
+    open_stream: Callable[[str, int], Awaitable[Any]] = trio.open_tcp_stream,
 ) -> BackupResult:
     """Back up the server at ``address`` into ``file`` (replaced only once complete and verified).
 
@@ -140,9 +147,11 @@ async def backup_to_file(
     file = file.absolute()
     try:
         with trio.fail_after(timeout):
-            stream = await trio.open_tcp_stream(*address)
+            stream = await open_stream(*address)
     except OSError as error:
         raise ServerUnreachableError(f"cannot connect: {error.strerror or error}") from None
+    except CoordError as error:  # the TLS opener's refusal
+        raise ServerUnreachableError(f"cannot connect: {error}") from None
     except trio.TooSlowError:
         raise ServerUnreachableError(f"no connection within {timeout:g}s") from None
     async with stream:

@@ -18,7 +18,7 @@ import trio
 import client
 from client._connection import parse_hosts
 from coord import protocol
-from coord.cli.args import EXIT_API_ERROR, EXIT_OK, EXIT_UNREACHABLE
+from coord.cli.args import EXIT_API_ERROR, EXIT_OK, EXIT_UNREACHABLE, stream_opener
 from coord.config import format_address
 from coord.errors import ConnectionLossError, CoordError
 from coord.status import request_status
@@ -33,8 +33,8 @@ async def status(args: argparse.Namespace) -> int:
         name = format_address(address)
         try:
             with trio.fail_after(args.timeout):
-                answer = await request_status(address)
-        except (OSError, trio.TooSlowError, protocol.ProtocolError) as error:
+                answer = await request_status(address, open_stream=stream_opener(args))
+        except (OSError, trio.TooSlowError, protocol.ProtocolError, CoordError) as error:
             failures.append(f"{name}: {error or type(error).__name__}")
             continue
         if args.json:
@@ -98,7 +98,9 @@ async def client_command(args: argparse.Namespace) -> int:
     try:
         with trio.fail_after(args.timeout):
             # fail_fast: when nothing listens, say so at once rather than after --timeout
-            async with client.connect(args.servers, session_timeout=max(args.timeout, 2.0), fail_fast=True) as zk:
+            async with client.connect(
+                args.servers, session_timeout=max(args.timeout, 2.0), fail_fast=True, ssl_context=args.ssl_context
+            ) as zk:
                 return await _run_command(zk, args)
     except trio.TooSlowError:
         print(f"coord: no answer from {args.servers} within {args.timeout:g}s", file=sys.stderr)

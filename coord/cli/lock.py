@@ -60,7 +60,15 @@ from collections.abc import AsyncIterator, Callable, Mapping
 import trio
 
 import client
-from coord.cli.args import EXIT_USAGE, UsageError, positive_seconds, seconds, server_list
+from coord.cli.args import (
+    EXIT_USAGE,
+    UsageError,
+    add_tls_arguments,
+    positive_seconds,
+    seconds,
+    server_list,
+    tls_context,
+)
 from recipes import LeaderElection, Lock, LockLostError, LockTimeoutError
 
 ELECTIONS_PATH = "/elections"
@@ -81,6 +89,7 @@ def add_subcommands(commands: argparse._SubParsersAction) -> None:  # type: igno
 
     def common(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--server", default=None, help="host:port,... (default: $COORD_SERVERS or 127.0.0.1:2281)")
+        add_tls_arguments(sub)
         sub.add_argument("--grace", type=seconds, default=2.0, help="seconds between SIGTERM and SIGKILL (default 2)")
         sub.add_argument(
             "--session-timeout",
@@ -150,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         args.servers = server_list(args)
+        args.ssl_context = tls_context(args)
     except UsageError as error:
         print(f"coord {args.command}: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -192,7 +202,7 @@ async def _hold_and_run(args: argparse.Namespace, child: _Child) -> int:
     servers = args.servers
     identifier = args.identifier or f"{socket.gethostname()}:{os.getpid()}"
     try:
-        async with client.connect(servers, session_timeout=args.session_timeout) as zk:
+        async with client.connect(servers, session_timeout=args.session_timeout, ssl_context=args.ssl_context) as zk:
             if args.command == "lock":
                 lock = Lock(zk, args.path, identifier)
                 try:

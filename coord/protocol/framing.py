@@ -67,7 +67,7 @@ class FrameReader:
         self._buffer = bytearray()
         self._frame_bytes_max = frame_bytes_max
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         self._buffer += data
 
     @property

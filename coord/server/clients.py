@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import ssl
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,7 @@ from coord.errors import CoordError, NotLeaderError, ThrottledOpError, error_for
 from coord.protocol import ConnectRequest, FrameReader, ProtocolError, StatusRequest
 from coord.protocol.handshake import BackupEnd, BackupPiece, BackupRequest, BackupStart
 from coord.server.core import ServerCore
+from coord.tls import ClientTls
 from coord.tree import DataTree, TreeImage
 from coord.tree_image import CHUNK_NODES
 
@@ -62,7 +64,7 @@ class ClientConnection:
 
     __slots__ = ("closing", "conn_id", "outbox", "resume", "scope", "stream", "wakeup")
 
-    def __init__(self, conn_id: int, stream: trio.SocketStream) -> None:
+    def __init__(self, conn_id: int, stream: trio.abc.Stream) -> None:
         self.conn_id = conn_id
         self.stream = stream
         self.outbox: list[bytes] = []
@@ -95,6 +97,7 @@ class ClientConnections:
     _ids: itertools.count[int]
     _frame_bytes_max: int
     _backups_running: int
+    client_tls: ClientTls | None  # TLS on this port ([tls]); None: plain TCP
 
     if TYPE_CHECKING:
 
@@ -107,18 +110,28 @@ class ClientConnections:
         @staticmethod
         def _now_ms() -> int: ...
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, socket_stream: trio.SocketStream) -> None:
         conn_id = next(self._ids)
+        peer = _peer_name(socket_stream)
+        stream: trio.abc.Stream = socket_stream
+        if self.client_tls is not None:
+            # Only TLS on this port: the TLS handshake runs on the first read, inside the
+            # handshake timeout; a client that does not speak it fails there and is closed.
+            stream = trio.SSLStream(socket_stream, self.client_tls.context, server_side=True)
         conn = ClientConnection(conn_id, stream)
-        peer = _peer_name(stream)
         try:
             with conn.scope:
                 if not self.admits_clients():
                     return
                 await self._converse(conn, peer)
         except* (trio.BrokenResourceError, trio.ClosedResourceError) as lost:
-            # A reset (the client died with replies unread) ends this connection only.
-            log.info("%s: connection lost (%s)", peer, lost.exceptions[0])
+            # A reset (the client died with replies unread), or a failed TLS handshake,
+            # ends this connection only.
+            first = lost.exceptions[0]
+            if isinstance(first.__cause__, ssl.SSLError):
+                log.info("%s: TLS refused (%s); closing", peer, first.__cause__)
+            else:
+                log.info("%s: connection lost (%s)", peer, first)
         finally:
             self._conns.pop(conn_id, None)
             self.core.client_closed(conn_id)
@@ -161,7 +174,7 @@ class ClientConnections:
             nursery.cancel_scope.cancel()
 
     async def _read_handshake(
-        self, stream: trio.SocketStream, reader: FrameReader, peer: str
+        self, stream: trio.abc.Stream, reader: FrameReader, peer: str
     ) -> ConnectRequest | StatusRequest | BackupRequest | None:
         while True:
             try:
@@ -244,7 +257,7 @@ class ClientConnections:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             scope.cancel()
 
-    async def _send_backup(self, stream: trio.SocketStream, peer: str) -> None:
+    async def _send_backup(self, stream: trio.abc.Stream, peer: str) -> None:
         """Answer a backup request: the image of the tree as of now, then close.
 
         Only a serving server answers (it leads, or follows an established leader): the
@@ -264,7 +277,7 @@ class ClientConnections:
         finally:
             self._backups_running -= 1
 
-    async def _send_backup_image(self, stream: trio.SocketStream, peer: str) -> None:
+    async def _send_backup_image(self, stream: trio.abc.Stream, peer: str) -> None:
         image = self.core.tree.image()  # shallow: one zxid, however long the sending takes
         log.info("%s: backup of zxid %#x (%d znodes) begins", peer, image.last_zxid, len(image.nodes))
         frames = _backup_frames(image, self.config.server_id)

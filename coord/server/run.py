@@ -82,6 +82,7 @@ async def _serve_until_signalled(
     handlers: dict[int, SignalHandler],
     serving: list[bool],
 ) -> None:
+    handlers = {signal.SIGHUP: Server.reload_tls, **handlers}  # SIGHUP: certificates reloaded, no restart
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, *handlers) as signals:
         async with open_server(config, server_type=server_type) as server:
             print(f"coord: serving on {server.connect_string} (data in {config.data_dir})", flush=True)

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import trio
 
 from coord import protocol
-from coord.config import ConfigError, ServerConfig
+from coord.config import ServerConfig
 from coord.durable import LogDurableState, write_records
 from coord.errors import CoordError, StorageError
 from coord.peer_tls import PeerTls
@@ -48,6 +48,7 @@ from coord.server.clients import RECEIVE_BYTES as RECEIVE_BYTES
 from coord.server.clients import ClientConnection, ClientConnections
 from coord.server.core import CoreOutput, ServerCore
 from coord.storage import TxnLog
+from coord.tls import ClientTls
 from coord.transport import LinkGate, PeerTransport, peer_auth
 from coord.tree import DataTree
 from coord.zab import Peer, PeerConfig
@@ -150,6 +151,7 @@ class Server(ClientConnections):
                 auth=peer_auth(ensemble),
                 tls=PeerTls(config.tls) if config.tls is not None and config.tls.peers else None,
             )
+        self.client_tls = ClientTls(config.tls) if config.tls is not None else None
         self._conns: dict[int, ClientConnection] = {}
         self._ids = itertools.count(1)
         self._records: list[Record] = []
@@ -244,6 +246,13 @@ class Server(ClientConnections):
         result = step(self.core, self._now_ms())
         self._carry_out()
         return result
+
+    def reload_tls(self) -> None:
+        """Load the TLS certificates again (SIGHUP): new connections and links use them."""
+        if self.client_tls is not None:
+            self.client_tls.reload()
+        if self.transport is not None and self.transport.tls is not None:
+            self.transport.tls.reload()
 
     async def take_snapshot(self) -> int:
         """Snapshot the tree now; returns the zxid it covers."""
@@ -415,8 +424,6 @@ class Server(ClientConnections):
             self._carry_out()
 
 
-CLIENT_TLS = False  # the client port speaks TLS when [tls] is given (until then: refused, never ignored)
-
 UNAUTHENTICATED_PEERS_WARNING = (
     "!!! THE PEERS OF THIS ENSEMBLE ARE NOT AUTHENTICATED: anyone who can reach a peer port can join "
     "as a server, vote, and read or change every znode. Set [ensemble] secret_file (the same secret on "
@@ -460,9 +467,6 @@ async def open_server(
     """
     if not __debug__:
         raise RuntimeError(OPTIMIZED_REFUSAL)
-    if config.tls is not None and not CLIENT_TLS:
-        # Refused rather than ignored: a server that said "tls" and talked plain TCP would lie.
-        raise ConfigError("tls: TLS on the client port is not available in this version")
     # A standalone server replays its log at start, as ZooKeeper's does: it is its own
     # quorum, so everything it logged is committed (and as the leader of its next epoch
     # it would deliver its whole log anyway), and replaying here, in the recovery thread,
