@@ -39,6 +39,7 @@ import trio
 
 import client
 from coord import protocol
+from coord.errors import StorageError
 from coord.protocol import Op
 from coord.recovery import recover
 from coord.storage import SnapshotStore, TxnLog
@@ -619,10 +620,10 @@ def read_disk(server_id: int, data_dir: Path) -> DiskState:
         txn_log.close()
     store = SnapshotStore(data_dir / "snapshots")
     snapshots: dict[int, DataTree] = {}
-    for zxid, path in store.list():
-        loaded = store._load(path)  # every snapshot, not only the newest: the oldest may be the base
-        if loaded is not None:
-            snapshots[zxid] = DataTree.from_bytes(loaded[1])
+    for zxid, _ in store.list():
+        # every snapshot, not only the newest: the oldest may be the base
+        with contextlib.suppress(StorageError):  # one that does not verify is skipped, as recovery skips it
+            snapshots[zxid] = DataTree.from_pieces(store.read_pieces(zxid))
     recovered = recover(data_dir, log_map_bytes=LOG_MAP_BYTES, replay=True)
     recovered.log.close()
     log = ServerLog(server_id=server_id, entries=entries, base_zxid=base_zxid, snapshots=snapshots)
