@@ -123,25 +123,15 @@ def verify_file(path: Path, file: BinaryIO, zxid: int) -> int | None:
 
 
 def read_header_zxid(path: Path) -> int | None:
-    """The header zxid if the header looks valid and the file has the stated length."""
+    """The header zxid if the header looks valid and the file has the stated length
+    (:func:`read_header`'s checks); None (with a warning) if not."""
     try:
         with open(path, "rb") as file:
-            raw_header = file.read(HEADER.size)
-            size = os.fstat(file.fileno()).st_size
+            header = read_header(path, file)
     except OSError as exc:
-        log.warning("ignoring snapshot %s: cannot read it: %s", path, exc)
+        log.warning("skipping snapshot %s: cannot read it: %s", path, exc)
         return None
-    if len(raw_header) < HEADER.size:
-        log.warning("ignoring snapshot %s: torn header (%d bytes)", path, len(raw_header))
-        return None
-    magic, version, zxid, length, _ = HEADER.unpack(raw_header)
-    if magic != MAGIC or version != VERSION:
-        log.warning("ignoring snapshot %s: bad magic or unknown version %d", path, version)
-        return None
-    if size != HEADER.size + length:
-        log.warning("ignoring snapshot %s: %d bytes long, header says %d", path, size, HEADER.size + length)
-        return None
-    return int(zxid)
+    return None if header is None else header[0]
 
 
 def pwrite_all(fd: int, data: bytes, offset: int) -> None:
